@@ -1,0 +1,21 @@
+"""numpy_vit: the seed's fully-convolutional ViT in NumPy alone, forward and hand-derived backward.
+
+    m = ViT(32, 2, 3, 32, 4, 8, dtype=np.float64)
+    logits = m.forward(x)                       # x: (B, 3, 32, 32)
+    loss, dlogits = cross_entropy(logits, labels)
+    dx = m.backward(dlogits)                    # m.grads[name] for every parameter
+
+This package imports NumPy only, never torch.
+"""
+
+from .erf import erf
+from .io import check_state_dict, infer_config, load_npz, save_npz
+from .loss import cross_entropy, log_softmax
+from .model import Embedding, FeedForward, MhSelfAttention, PreNormChannels, Transformer, ViT
+from .nn import GELU, Conv2d, LayerNorm, Linear, Module, softmax, softmax_backward
+
+__all__ = [
+    "Conv2d", "Embedding", "FeedForward", "GELU", "LayerNorm", "Linear", "MhSelfAttention", "Module",
+    "PreNormChannels", "Transformer", "ViT", "check_state_dict", "cross_entropy", "erf", "infer_config",
+    "load_npz", "log_softmax", "save_npz", "softmax", "softmax_backward",
+]

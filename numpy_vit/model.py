@@ -1,0 +1,291 @@
+"""The seed's fully-convolutional ViT in NumPy: the same modules, names and order of operations as
+``torch_vit.model``, each with a hand-derived backward.
+
+Every public part takes an NCHW array in the model's dtype. ``forward(x)`` returns its output and
+remembers what backward needs; ``backward(dout)`` returns the gradient of the input and leaves each
+parameter's gradient in ``part.grads`` under its seed state-dict name (relative to the part).
+
+Shapes: B batch, C channels (= embedding_dim), H x W the patch grid, N = H * W, hc = head_channels,
+heads = C // hc.
+"""
+
+import numpy as np
+
+from .nn import (GELU, AdaptiveAvgPool2d, Conv2d, Flatten, LayerNorm, Linear, Module, ModuleList,
+                 Sequential, _as_float_dtype, softmax, softmax_backward)
+
+
+def _pair(size, name):
+    if isinstance(size, (int, np.integer)) and not isinstance(size, bool):
+        size = (int(size), int(size))
+    if (not isinstance(size, (tuple, list)) or len(size) != 2
+            or not all(isinstance(s, (int, np.integer)) and not isinstance(s, bool) and s > 0 for s in size)):
+        raise ValueError(f"{name}: expected a positive int or a pair (H, W) of them, got {size!r}")
+    return int(size[0]), int(size[1])
+
+
+def _positive(name, value):
+    if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value < 1:
+        raise ValueError(f"{name}: expected a positive int, got {value!r}")
+    return int(value)
+
+
+def _rng(rng):
+    if rng is None or isinstance(rng, (int, np.integer)):
+        return np.random.default_rng(rng)
+    return rng
+
+
+def check_input(x, part, channels, dtype, size=None):
+    """Raise one clear line unless x is a (B, channels, H, W) ndarray of ``dtype`` (and (H, W) == size)."""
+    if not isinstance(x, np.ndarray):
+        raise TypeError(f"{part}: expected a NumPy array (B, C, H, W), got {type(x).__name__}")
+    if x.ndim != 4:
+        raise ValueError(f"{part}: expected a 4-d input (B, C, H, W), got shape {x.shape}")
+    if x.shape[0] < 1:
+        raise ValueError(f"{part}: expected a batch of at least 1, got shape {x.shape}")
+    if x.shape[1] != channels:
+        raise ValueError(f"{part}: expected {channels} channels, got {x.shape[1]} (input shape {x.shape})")
+    if size is not None and tuple(x.shape[2:]) != tuple(size):
+        raise ValueError(f"{part}: expected spatial size {tuple(size)}, got {tuple(x.shape[2:])} "
+                         f"(input shape {x.shape})")
+    if x.dtype != dtype:
+        raise TypeError(f"{part}: expected an input of dtype {dtype} (the parameters' dtype), got {x.dtype}")
+
+
+class Embedding(Module):
+    """Patch embedding by a convolution with kernel = stride = patch_size, plus a learnable
+    positional map added position by position.
+
+    (B, in_channels, H*p, W*p) -> patch -> (B, embedding_dim, H, W) -> + pos_embedding (1, embedding_dim, H, W)
+    """
+
+    def __init__(self, embedding_dim, num_patches, reduced_size, in_channels, patch_size, *,
+                 dtype=np.float32, rng=None):
+        super().__init__()
+        dtype, rng = _as_float_dtype(dtype), _rng(rng)
+        self.embedding_dim = _positive("embedding_dim", embedding_dim)
+        self.in_channels = _positive("in_channels", in_channels)
+        self.patch_size = _positive("patch_size", patch_size)
+        self.reduced_size = _pair(reduced_size, "reduced_size")
+        h, w = self.reduced_size
+        if num_patches != h * w:
+            raise ValueError(f"num_patches: expected reduced_size H*W = {h * w}, got {num_patches}")
+        self.patch = Conv2d(in_channels, embedding_dim, patch_size, dtype=dtype, rng=rng)
+        self._params["pos_embedding"] = rng.standard_normal((1, embedding_dim, h, w)).astype(dtype)
+
+    def forward(self, x):
+        p = self.patch_size
+        check_input(x, "Embedding", self.in_channels, self.dtype,
+                    (self.reduced_size[0] * p, self.reduced_size[1] * p))
+        self._cache = True
+        x = self.patch(x)  # (B, C, H, W)
+        return x + self._params["pos_embedding"]
+
+    def backward(self, dout):
+        self._saved()
+        self._grads["pos_embedding"] = dout.sum(axis=0, keepdims=True)  # (1, C, H, W)
+        return self.patch.backward(dout)
+
+
+class MhSelfAttention(Module):
+    """Multi-head self-attention between channels, built from 1x1 convolutions (the seed's).
+
+    keys, queries, values: 1x1 convs of x, viewed as (B, heads, hc, N).
+    attend = queries @ keys^T * hc**-0.5         (B, heads, hc, hc): channel against channel
+    attention = softmax(attend, axis=-2)         over the query-channel axis: each column sums to 1
+    out = unify_heads((attention @ values) viewed as (B, out_channels, H, W))
+    """
+
+    def __init__(self, in_channels, out_channels=512, head_channels=8, *, dtype=np.float32, rng=None):
+        super().__init__()
+        dtype, rng = _as_float_dtype(dtype), _rng(rng)
+        self.in_channels = _positive("in_channels", in_channels)
+        out_channels = _positive("out_channels", out_channels)
+        self.head_channels = _positive("head_channels", head_channels)
+        if out_channels % head_channels:
+            raise ValueError(f"MhSelfAttention: out_channels {out_channels} must be divisible by "
+                             f"head_channels, got head_channels {head_channels}")
+        self.heads = out_channels // head_channels
+        self.scale = head_channels ** -0.5
+
+        self.k = Conv2d(in_channels, out_channels, 1, dtype=dtype, rng=rng)
+        self.q = Conv2d(in_channels, out_channels, 1, dtype=dtype, rng=rng)
+        self.v = Conv2d(in_channels, out_channels, 1, dtype=dtype, rng=rng)
+        self.unify_heads = Conv2d(out_channels, out_channels, 1, dtype=dtype, rng=rng)
+
+    def forward(self, x):
+        check_input(x, "MhSelfAttention", self.in_channels, self.dtype)
+        b, _, h, w = x.shape
+        keys = self.k(x).reshape(b, self.heads, self.head_channels, -1)  # (B, heads, hc, N)
+        queries = self.q(x).reshape(b, self.heads, self.head_channels, -1)
+        values = self.v(x).reshape(b, self.heads, self.head_channels, -1)
+
+        attend = queries @ keys.swapaxes(-2, -1) * self.scale  # (B, heads, hc, hc)
+        attention = softmax(attend, axis=-2)  # softmax along the query channels
+
+        out = attention @ values  # (B, heads, hc, N)
+        self._cache = (keys, queries, values, attention, (b, h, w))
+        out = out.reshape(b, -1, h, w)  # (B, out_channels, H, W)
+        return self.unify_heads(out)
+
+    def backward(self, dout):
+        keys, queries, values, attention, (b, h, w) = self._saved()
+        dout = self.unify_heads.backward(dout)
+        dout = dout.reshape(b, self.heads, self.head_channels, -1)  # (B, heads, hc, N)
+
+        dattention = dout @ values.swapaxes(-2, -1)  # (B, heads, hc, hc)
+        dvalues = attention.swapaxes(-2, -1) @ dout  # (B, heads, hc, N)
+        dattend = softmax_backward(dattention, attention, axis=-2) * self.scale
+        dqueries = dattend @ keys  # (B, heads, hc, N)
+        dkeys = dattend.swapaxes(-2, -1) @ queries  # (B, heads, hc, N)
+
+        shape = (b, -1, h, w)
+        dx = self.k.backward(dkeys.reshape(shape))
+        dx += self.q.backward(dqueries.reshape(shape))
+        dx += self.v.backward(dvalues.reshape(shape))
+        return dx
+
+
+class FeedForward(Module):
+    """The per-position MLP: 1x1 conv to expansion * out_channels, GELU, 1x1 conv back.
+
+    (B, in, H, W) -> net.0 -> (B, 4*out, H, W) -> GELU -> net.2 -> (B, out, H, W)
+    """
+
+    def __init__(self, in_channels, out_channels, expansion=4, approximate="none", *,
+                 dtype=np.float32, rng=None):
+        super().__init__()
+        dtype, rng = _as_float_dtype(dtype), _rng(rng)
+        self.in_channels = _positive("in_channels", in_channels)
+        hidden = _positive("expansion", expansion) * _positive("out_channels", out_channels)
+        self.net = Sequential(
+            Conv2d(in_channels, hidden, 1, dtype=dtype, rng=rng),
+            GELU(approximate),
+            Conv2d(hidden, out_channels, 1, dtype=dtype, rng=rng),
+        )
+
+    def forward(self, x):
+        check_input(x, "FeedForward", self.in_channels, self.dtype)
+        self._cache = True
+        return self.net(x)
+
+    def backward(self, dout):
+        self._saved()
+        return self.net.backward(dout)
+
+
+class PreNormChannels(Module):
+    """fn(LayerNorm over channels(x)); the residual is added by the Transformer."""
+
+    def __init__(self, channels, fn, *, dtype=None):
+        super().__init__()
+        self.channels = _positive("channels", channels)
+        dtype = fn.dtype if dtype is None else _as_float_dtype(dtype)
+        self.lnorm = LayerNorm(channels, dtype=dtype)
+        self.fn = fn
+
+    def forward(self, x):
+        check_input(x, "PreNormChannels", self.channels, self.dtype)
+        self._cache = True
+        return self.fn(self.lnorm(x))
+
+    def backward(self, dout):
+        self._saved()
+        return self.lnorm.backward(self.fn.backward(dout))
+
+
+class Transformer(Module):
+    """depth blocks, each ``x = attn(x) + x; x = ff(x) + x`` with pre-norm attention and MLP.
+    layers.{i}.0 = PreNormChannels(MhSelfAttention), layers.{i}.1 = PreNormChannels(FeedForward)."""
+
+    def __init__(self, depth, head_channels, in_channels, out_channels, approximate="none", *,
+                 dtype=np.float32, rng=None):
+        super().__init__()
+        dtype, rng = _as_float_dtype(dtype), _rng(rng)
+        depth = _positive("depth", depth)
+        self.in_channels = _positive("in_channels", in_channels)
+        if out_channels != in_channels:
+            raise ValueError(f"Transformer: the residual needs out_channels == in_channels, "
+                             f"got {out_channels} and {in_channels}")
+        self.layers = ModuleList(*[
+            ModuleList(
+                PreNormChannels(in_channels, MhSelfAttention(in_channels, out_channels, head_channels,
+                                                             dtype=dtype, rng=rng)),
+                PreNormChannels(out_channels, FeedForward(out_channels, out_channels, 4, approximate,
+                                                          dtype=dtype, rng=rng)),
+            )
+            for _ in range(depth)
+        ])
+
+    def forward(self, x):
+        check_input(x, "Transformer", self.in_channels, self.dtype)
+        self._cache = True
+        for attn, ff in self.layers:
+            x = attn(x) + x
+            x = ff(x) + x
+        return x
+
+    def backward(self, dout):
+        self._saved()
+        for attn, ff in reversed(self.layers.items):
+            dout = ff.backward(dout) + dout  # the residual carries dout past the block too
+            dout = attn.backward(dout) + dout
+        return dout
+
+
+class ViT(Module):
+    """The seed model: Embedding, Transformer, LayerNorm over channels, then the head
+    GELU -> global average pool -> Flatten -> Linear(embedding_dim, num_classes).
+
+    (B, in_channels, H, W) -> (B, C, H/p, W/p) -> ... -> (B, C, H/p, W/p) -> (B, num_classes)
+    """
+
+    def __init__(self, image_size, patch_size, in_channels, embedding_dim, depth, head_channels,
+                 num_classes=10, *, approximate="none", dtype=np.float32, rng=None):
+        super().__init__()
+        dtype, rng = _as_float_dtype(dtype), _rng(rng)
+        self.image_size = _pair(image_size, "image_size")
+        patch_size = _positive("patch_size", patch_size)
+        if self.image_size[0] % patch_size or self.image_size[1] % patch_size:
+            raise ValueError(f"image_size {self.image_size} must be divisible by patch_size, "
+                             f"got patch_size {patch_size}")
+        embedding_dim = _positive("embedding_dim", embedding_dim)
+        head_channels = _positive("head_channels", head_channels)
+        if embedding_dim % head_channels:
+            raise ValueError(f"embedding_dim {embedding_dim} must be divisible by head_channels, "
+                             f"got head_channels {head_channels}")
+        self.config = dict(image_size=self.image_size, patch_size=patch_size,
+                           in_channels=_positive("in_channels", in_channels),
+                           embedding_dim=embedding_dim, depth=_positive("depth", depth),
+                           head_channels=head_channels,
+                           num_classes=_positive("num_classes", num_classes), approximate=approximate)
+        reduced_size = (self.image_size[0] // patch_size, self.image_size[1] // patch_size)
+        num_patches = reduced_size[0] * reduced_size[1]
+
+        self.embedding = Embedding(embedding_dim, num_patches, reduced_size, in_channels, patch_size,
+                                   dtype=dtype, rng=rng)
+        self.transformer = Transformer(depth, head_channels, embedding_dim, embedding_dim, approximate,
+                                       dtype=dtype, rng=rng)
+        self.norm = LayerNorm(embedding_dim, dtype=dtype)
+        self.mlp_head = Sequential(
+            GELU(approximate),
+            AdaptiveAvgPool2d(1),
+            Flatten(),
+            Linear(embedding_dim, num_classes, dtype=dtype, rng=rng),
+        )
+
+    def forward(self, x):
+        check_input(x, "ViT", self.config["in_channels"], self.dtype, self.image_size)
+        self._cache = True
+        x = self.embedding(x)  # (B, C, H/p, W/p)
+        x = self.transformer(x)  # (B, C, H/p, W/p)
+        x = self.norm(x)  # the seed's transpose(1, -1), LayerNorm(C), transpose(-1, 1)
+        return self.mlp_head(x)  # (B, num_classes)
+
+    def backward(self, dlogits):
+        self._saved()
+        dx = self.mlp_head.backward(dlogits)
+        dx = self.norm.backward(dx)
+        dx = self.transformer.backward(dx)
+        return self.embedding.backward(dx)

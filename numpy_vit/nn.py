@@ -1,0 +1,316 @@
+"""The building blocks, each a forward and its hand-derived backward, in NumPy.
+
+Every layer is a ``Module`` that holds its parameters under torch's local names (``weight``,
+``bias``), remembers what its backward needs during ``forward``, and in ``backward(dout)`` returns
+the gradient of its input and stores the gradient of each parameter in ``_grads`` under the same
+name. Containers (``Sequential``, ``ModuleList``) name their children ``0``, ``1``, ... exactly as
+torch does, so that the dotted names of a model's parameters are the keys of its torch state dict.
+
+Shapes: B batch, C channels, H x W a feature map, N = H * W positions.
+"""
+
+import math
+
+import numpy as np
+
+from .erf import erf
+
+FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
+
+
+def _as_float_dtype(dtype):
+    dt = np.dtype(dtype)
+    if dt not in FLOAT_DTYPES:
+        raise TypeError(f"dtype: expected float32 or float64, got {dt}")
+    return dt
+
+
+class Module:
+    """Base of every layer: parameters, children, state dict and gradients by dotted name."""
+
+    def __init__(self):
+        object.__setattr__(self, "_params", {})
+        object.__setattr__(self, "_grads", {})
+        object.__setattr__(self, "_modules", {})
+        object.__setattr__(self, "_cache", None)
+
+    def __setattr__(self, name, value):
+        if isinstance(value, Module):
+            self._modules[name] = value
+        object.__setattr__(self, name, value)
+
+    def __call__(self, x):
+        return self.forward(x)
+
+    def forward(self, x):
+        raise NotImplementedError
+
+    def backward(self, dout):
+        raise NotImplementedError
+
+    def _saved(self):
+        if self._cache is None:
+            raise RuntimeError(f"{type(self).__name__}.backward() called before forward()")
+        return self._cache
+
+    def named_modules(self, prefix=""):
+        yield prefix, self
+        for name, child in self._modules.items():
+            yield from child.named_modules(f"{prefix}{name}.")
+
+    def named_parameters(self):
+        """(dotted name, ndarray) for every parameter, in torch's state-dict order."""
+        for prefix, module in self.named_modules():
+            for name, value in module._params.items():
+                yield prefix + name, value
+
+    def state_dict(self):
+        """{seed state-dict name: copy of the parameter}."""
+        return {name: value.copy() for name, value in self.named_parameters()}
+
+    @property
+    def grads(self):
+        """{seed state-dict name: gradient from the last ``backward`` call}."""
+        out = {}
+        for prefix, module in self.named_modules():
+            for name, value in module._grads.items():
+                out[prefix + name] = value
+        return out
+
+    @property
+    def dtype(self):
+        for _, value in self.named_parameters():
+            return value.dtype
+        return self._dtype
+
+    def load_state_dict(self, arrays_by_name):
+        """Copy arrays (any mapping of name to array-like, a torch state dict included) into the
+        parameters, cast to the model's dtype. Every parameter must be given, with its shape, and
+        nothing else; otherwise a ValueError names the missing, unexpected and misshaped tensors."""
+        from .io import check_state_dict  # keeps the import graph acyclic
+
+        arrays = check_state_dict(self, arrays_by_name)
+        for prefix, module in self.named_modules():
+            for name in module._params:
+                module._params[name] = np.array(arrays[prefix + name], dtype=module._params[name].dtype)
+        return self
+
+    def num_parameters(self):
+        return sum(value.size for _, value in self.named_parameters())
+
+
+class Sequential(Module):
+    """Children named 0, 1, ...; forward in order, backward in reverse."""
+
+    def __init__(self, *modules):
+        super().__init__()
+        self.items = list(modules)
+        for i, m in enumerate(modules):
+            self._modules[str(i)] = m
+
+    def __getitem__(self, i):
+        return self.items[i]
+
+    def __len__(self):
+        return len(self.items)
+
+    def __iter__(self):
+        return iter(self.items)
+
+    def forward(self, x):
+        for m in self.items:
+            x = m.forward(x)
+        return x
+
+    def backward(self, dout):
+        for m in reversed(self.items):
+            dout = m.backward(dout)
+        return dout
+
+
+class ModuleList(Sequential):
+    """A list of children named 0, 1, ... that the owner calls itself (no forward of its own)."""
+
+    def forward(self, x):
+        raise TypeError("ModuleList has no forward; its owner calls the children")
+
+    backward = forward
+
+
+def _uniform(rng, bound, shape, dtype):
+    return rng.uniform(-bound, bound, size=shape).astype(dtype)
+
+
+class Conv2d(Module):
+    """A convolution whose kernel equals its stride and has no padding: the 1x1 convolutions of the
+    attention and the MLP (kernel_size=1) and the patch embedding (kernel_size=patch size).
+
+    Non-overlapping windows make it a matrix product: each output position sees one patch.
+    weight (C_out, C_in, p, p), bias (C_out,). Initialised as torch does (uniform, bound 1/sqrt(fan_in)).
+    """
+
+    def __init__(self, in_channels, out_channels, kernel_size=1, *, dtype=np.float32, rng=None):
+        super().__init__()
+        rng = np.random.default_rng() if rng is None else rng
+        p = kernel_size
+        bound = 1.0 / math.sqrt(in_channels * p * p)
+        self.kernel_size = p
+        self._params["weight"] = _uniform(rng, bound, (out_channels, in_channels, p, p), dtype)
+        self._params["bias"] = _uniform(rng, bound, (out_channels,), dtype)
+
+    def forward(self, x):
+        weight, bias = self._params["weight"], self._params["bias"]
+        c_out, p = weight.shape[0], self.kernel_size
+        B, C, H, W = x.shape
+        h, w = H // p, W // p
+        if p == 1:
+            cols = x.reshape(B, C, h * w)  # (B, C_in, N)
+        else:
+            cols = (x.reshape(B, C, h, p, w, p)
+                    .transpose(0, 1, 3, 5, 2, 4)  # (B, C_in, p, p, h, w)
+                    .reshape(B, C * p * p, h * w))  # (B, C_in*p*p, N)
+        out = weight.reshape(c_out, -1) @ cols + bias[:, None]  # (B, C_out, N)
+        self._cache = (cols, x.shape)
+        return out.reshape(B, c_out, h, w)
+
+    def backward(self, dout):
+        cols, x_shape = self._saved()
+        weight, p = self._params["weight"], self.kernel_size
+        c_out = weight.shape[0]
+        B, C, H, W = x_shape
+        d = dout.reshape(B, c_out, -1)  # (B, C_out, N)
+        self._grads["weight"] = np.tensordot(d, cols, axes=([0, 2], [0, 2])).reshape(weight.shape)
+        self._grads["bias"] = d.sum(axis=(0, 2))
+        dcols = weight.reshape(c_out, -1).T @ d  # (B, C_in*p*p, N)
+        if p == 1:
+            return dcols.reshape(x_shape)
+        return (dcols.reshape(B, C, p, p, H // p, W // p)
+                .transpose(0, 1, 4, 2, 5, 3)  # (B, C_in, h, p, w, p)
+                .reshape(x_shape))
+
+
+class LayerNorm(Module):
+    """LayerNorm over the channel axis of an NCHW map: what the seed gets from
+    ``x.transpose(1, -1)``, ``nn.LayerNorm(C)``, ``transpose(-1, 1)``, done in place on axis 1.
+    Biased variance, eps inside the square root, as torch. weight and bias: (C,)."""
+
+    def __init__(self, channels, eps=1e-5, *, dtype=np.float32):
+        super().__init__()
+        self.eps = eps
+        self._params["weight"] = np.ones(channels, dtype=dtype)
+        self._params["bias"] = np.zeros(channels, dtype=dtype)
+
+    def forward(self, x):
+        g, b = self._params["weight"], self._params["bias"]
+        mu = x.mean(axis=1, keepdims=True)  # (B, 1, H, W)
+        xc = x - mu
+        var = (xc * xc).mean(axis=1, keepdims=True)  # biased, as torch
+        rstd = 1.0 / np.sqrt(var + self.eps)  # (B, 1, H, W)
+        xhat = xc * rstd  # (B, C, H, W): zero mean, unit variance over C
+        self._cache = (xhat, rstd)
+        return xhat * g[:, None, None] + b[:, None, None]
+
+    def backward(self, dout):
+        xhat, rstd = self._saved()
+        g = self._params["weight"]
+        self._grads["weight"] = (dout * xhat).sum(axis=(0, 2, 3))
+        self._grads["bias"] = dout.sum(axis=(0, 2, 3))
+        dxhat = dout * g[:, None, None]
+        # d/dx of (x - mean) / std, projected: remove the mean and the component along xhat
+        return rstd * (dxhat - dxhat.mean(axis=1, keepdims=True)
+                       - xhat * (dxhat * xhat).mean(axis=1, keepdims=True))
+
+
+_SQRT1_2 = math.sqrt(0.5)
+_INV_SQRT_2PI = 1.0 / math.sqrt(2.0 * math.pi)
+_SQRT_2_OVER_PI = math.sqrt(2.0 / math.pi)
+_KAPPA = 0.044715
+
+
+class GELU(Module):
+    """torch.nn.GELU. approximate='none': x * Phi(x) = 0.5 x (1 + erf(x / sqrt 2)) (the seed's);
+    approximate='tanh': 0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3)))."""
+
+    def __init__(self, approximate="none"):
+        super().__init__()
+        if approximate not in ("none", "tanh"):
+            raise ValueError(f"GELU approximate: expected 'none' or 'tanh', got {approximate!r}")
+        self.approximate = approximate
+
+    def forward(self, x):
+        if self.approximate == "none":
+            cdf = 0.5 * (1.0 + erf(x * _SQRT1_2))  # Phi(x)
+            self._cache = (x, cdf)
+            return x * cdf
+        t = np.tanh(_SQRT_2_OVER_PI * (x + _KAPPA * (x * x * x)))
+        self._cache = (x, t)
+        return 0.5 * x * (1.0 + t)
+
+    def backward(self, dout):
+        x, s = self._saved()
+        if self.approximate == "none":
+            pdf = np.exp(-0.5 * x * x) * _INV_SQRT_2PI  # phi(x)
+            return dout * (s + x * pdf)  # d/dx x Phi(x) = Phi(x) + x phi(x)
+        # t = tanh(u), u = sqrt(2/pi) (x + k x^3), du/dx = sqrt(2/pi) (1 + 3 k x^2)
+        du = _SQRT_2_OVER_PI * (1.0 + 3.0 * _KAPPA * x * x)
+        return dout * (0.5 * (1.0 + s) + 0.5 * x * (1.0 - s * s) * du)
+
+
+class AdaptiveAvgPool2d(Module):
+    """Output size 1 only, as the seed uses it: the mean over H and W. (B, C, H, W) -> (B, C, 1, 1)."""
+
+    def __init__(self, output_size=1):
+        super().__init__()
+        if output_size not in (1, (1, 1)):
+            raise ValueError(f"AdaptiveAvgPool2d: only output_size 1 is implemented, got {output_size!r}")
+
+    def forward(self, x):
+        self._cache = x.shape
+        return x.mean(axis=(2, 3), keepdims=True)
+
+    def backward(self, dout):
+        B, C, H, W = self._saved()
+        return np.broadcast_to(dout / (H * W), (B, C, H, W)).copy()
+
+
+class Flatten(Module):
+    """(B, C, 1, 1) -> (B, C)."""
+
+    def forward(self, x):
+        self._cache = x.shape
+        return x.reshape(x.shape[0], -1)
+
+    def backward(self, dout):
+        return dout.reshape(self._saved())
+
+
+class Linear(Module):
+    """y = x W^T + b. weight (out, in), bias (out,), torch's initialisation."""
+
+    def __init__(self, in_features, out_features, *, dtype=np.float32, rng=None):
+        super().__init__()
+        rng = np.random.default_rng() if rng is None else rng
+        bound = 1.0 / math.sqrt(in_features)
+        self._params["weight"] = _uniform(rng, bound, (out_features, in_features), dtype)
+        self._params["bias"] = _uniform(rng, bound, (out_features,), dtype)
+
+    def forward(self, x):
+        self._cache = x
+        return x @ self._params["weight"].T + self._params["bias"]
+
+    def backward(self, dout):
+        x = self._saved()
+        self._grads["weight"] = dout.T @ x
+        self._grads["bias"] = dout.sum(axis=0)
+        return dout @ self._params["weight"]
+
+
+def softmax(x, axis):
+    """Numerically stable softmax along ``axis``."""
+    e = np.exp(x - x.max(axis=axis, keepdims=True))
+    return e / e.sum(axis=axis, keepdims=True)
+
+
+def softmax_backward(dy, y, axis):
+    """Gradient of the input of a softmax along ``axis``, given its output y and upstream dy."""
+    return y * (dy - (dy * y).sum(axis=axis, keepdims=True))

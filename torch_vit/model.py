@@ -1,0 +1,156 @@
+"""The seed's fully-convolutional ViT in PyTorch: its module and parameter names, its maths, and
+the same constructor arguments as ``numpy_vit.model``, so the two read side by side and a state
+dict moves between them unchanged.
+
+Shapes: B batch, C channels (= embedding_dim), H x W the patch grid, N = H * W, hc = head_channels,
+heads = C // hc.
+"""
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from numpy_vit.model import _pair, _positive
+
+
+class Embedding(nn.Module):
+    """(B, in_channels, H*p, W*p) -> patch -> (B, embedding_dim, H, W) -> + pos_embedding (1, C, H, W)"""
+
+    def __init__(self, embedding_dim, num_patches, reduced_size, in_channels, patch_size):
+        super().__init__()
+        h, w = _pair(reduced_size, "reduced_size")
+        if num_patches != h * w:
+            raise ValueError(f"num_patches: expected reduced_size H*W = {h * w}, got {num_patches}")
+        self.patch = nn.Conv2d(in_channels, embedding_dim, patch_size, stride=patch_size)
+        self.pos_embedding = nn.Parameter(torch.randn(1, embedding_dim, h, w))
+
+    def forward(self, x):
+        x = self.patch(x)  # (B, C, H, W)
+        return x + self.pos_embedding
+
+
+class MhSelfAttention(nn.Module):
+    """Attention between channels: softmax(q @ k^T * scale, dim=-2) @ v, per head (the seed's)."""
+
+    def __init__(self, in_channels, out_channels=512, head_channels=8):
+        super().__init__()
+        if out_channels % head_channels:
+            raise ValueError(f"MhSelfAttention: out_channels {out_channels} must be divisible by "
+                             f"head_channels, got head_channels {head_channels}")
+        self.head_channels = head_channels
+        self.heads = out_channels // head_channels
+        self.scale = head_channels ** -0.5
+
+        self.k = nn.Conv2d(in_channels, out_channels, 1)
+        self.q = nn.Conv2d(in_channels, out_channels, 1)
+        self.v = nn.Conv2d(in_channels, out_channels, 1)
+        self.unify_heads = nn.Conv2d(out_channels, out_channels, 1)
+
+    def forward(self, x):
+        b, _, h, w = x.shape
+        keys = self.k(x).view(b, self.heads, self.head_channels, -1)  # (B, heads, hc, N)
+        queries = self.q(x).view(b, self.heads, self.head_channels, -1)
+        values = self.v(x).view(b, self.heads, self.head_channels, -1)
+
+        attend = queries @ keys.transpose(-2, -1) * self.scale  # (B, heads, hc, hc)
+        attention = F.softmax(attend, dim=-2)  # softmax along the query channels
+
+        out = attention @ values  # (B, heads, hc, N)
+        out = out.view(b, -1, h, w)  # (B, out_channels, H, W)
+        return self.unify_heads(out)
+
+
+class FeedForward(nn.Module):
+    """(B, in, H, W) -> net.0 -> (B, 4*out, H, W) -> GELU -> net.2 -> (B, out, H, W)"""
+
+    def __init__(self, in_channels, out_channels, expansion=4, approximate="none"):
+        super().__init__()
+        hidden = expansion * out_channels
+        self.net = nn.Sequential(
+            nn.Conv2d(in_channels, hidden, 1),
+            nn.GELU(approximate=approximate),
+            nn.Conv2d(hidden, out_channels, 1),
+        )
+
+    def forward(self, x):
+        return self.net(x)
+
+
+class PreNormChannels(nn.Module):
+    """fn(LayerNorm over channels(x)): transpose the channels last, normalise, transpose back."""
+
+    def __init__(self, channels, fn):
+        super().__init__()
+        self.lnorm = nn.LayerNorm(channels)
+        self.fn = fn
+
+    def forward(self, x):
+        x = x.transpose(1, -1)  # (B, W, H, C)
+        x = self.lnorm(x)
+        x = x.transpose(-1, 1)  # (B, C, H, W)
+        return self.fn(x)
+
+
+class Transformer(nn.Module):
+    """depth blocks of ``x = attn(x) + x; x = ff(x) + x``."""
+
+    def __init__(self, depth, head_channels, in_channels, out_channels, approximate="none"):
+        super().__init__()
+        if out_channels != in_channels:
+            raise ValueError(f"Transformer: the residual needs out_channels == in_channels, "
+                             f"got {out_channels} and {in_channels}")
+        self.layers = nn.ModuleList([
+            nn.ModuleList([
+                PreNormChannels(in_channels, MhSelfAttention(in_channels, out_channels, head_channels)),
+                PreNormChannels(out_channels, FeedForward(out_channels, out_channels, 4, approximate)),
+            ])
+            for _ in range(depth)
+        ])
+
+    def forward(self, x):
+        for attn, ff in self.layers:
+            x = attn(x) + x
+            x = ff(x) + x
+        return x
+
+
+class ViT(nn.Module):
+    """(B, in_channels, H, W) -> embedding -> transformer -> norm over channels -> mlp_head -> (B, num_classes)"""
+
+    def __init__(self, image_size, patch_size, in_channels, embedding_dim, depth, head_channels,
+                 num_classes=10, *, approximate="none"):
+        super().__init__()
+        image_size = _pair(image_size, "image_size")
+        patch_size = _positive("patch_size", patch_size)
+        if image_size[0] % patch_size or image_size[1] % patch_size:
+            raise ValueError(f"image_size {image_size} must be divisible by patch_size, "
+                             f"got patch_size {patch_size}")
+        if embedding_dim % head_channels:
+            raise ValueError(f"embedding_dim {embedding_dim} must be divisible by head_channels, "
+                             f"got head_channels {head_channels}")
+        self.config = dict(image_size=image_size, patch_size=patch_size, in_channels=in_channels,
+                           embedding_dim=embedding_dim, depth=depth, head_channels=head_channels,
+                           num_classes=num_classes, approximate=approximate)
+        reduced_size = (image_size[0] // patch_size, image_size[1] // patch_size)
+        num_patches = reduced_size[0] * reduced_size[1]
+
+        self.embedding = Embedding(embedding_dim, num_patches, reduced_size, in_channels, patch_size)
+        self.transformer = Transformer(depth, head_channels, embedding_dim, embedding_dim, approximate)
+        self.norm = nn.LayerNorm(embedding_dim)
+        self.mlp_head = nn.Sequential(
+            nn.GELU(approximate=approximate),
+            nn.AdaptiveAvgPool2d(1),
+            nn.Flatten(),
+            nn.Linear(embedding_dim, num_classes),
+        )
+
+    def forward(self, x):
+        c, size = self.config["in_channels"], self.config["image_size"]
+        if x.dim() != 4 or x.shape[1] != c or tuple(x.shape[2:]) != size:
+            raise ValueError(f"ViT: expected input (B, {c}, {size[0]}, {size[1]}), got {tuple(x.shape)}")
+        x = self.embedding(x)  # (B, C, H/p, W/p)
+        x = self.transformer(x)  # (B, C, H/p, W/p)
+        x = x.transpose(1, -1)  # (B, W/p, H/p, C)
+        x = self.norm(x)
+        x = x.transpose(-1, 1)  # (B, C, H/p, W/p)
+        return self.mlp_head(x)  # (B, num_classes)
