@@ -1,0 +1,81 @@
+"""Weights in and out of torch_vit: the plain ``.npz`` that numpy_vit reads, and torch checkpoints
+(``{"model": state_dict, "config": ViT arguments}``, or a bare state dict), written atomically."""
+
+import os
+import tempfile
+
+import numpy as np
+import torch
+
+import numpy_vit
+from numpy_vit.io import check_state_dict
+
+from .model import ViT
+
+CONFIG_KEYS = ("image_size", "patch_size", "in_channels", "embedding_dim", "depth", "head_channels",
+               "num_classes", "approximate")
+
+
+def export_npz(model, path):
+    """Write the torch model's state dict to ``path`` as a plain .npz (names unchanged)."""
+    numpy_vit.save_npz(path, {k: v.detach().cpu().numpy() for k, v in model.state_dict().items()})
+
+
+def import_npz(model, path):
+    """Load a .npz written by ``export_npz`` or ``numpy_vit.save_npz`` into the torch model, strictly;
+    a mismatch raises one ValueError line naming the missing, unexpected and misshaped tensors."""
+    arrays = check_state_dict(model, numpy_vit.load_npz(path))
+    model.load_state_dict({k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in arrays.items()}, strict=True)
+    return model
+
+
+def save_checkpoint(model, path, **extra):
+    """torch.save ``{"model": state_dict, "config": model.config, **extra}`` atomically: into a
+    temporary file beside ``path``, renamed over it only once complete."""
+    folder = os.path.dirname(os.path.abspath(path))
+    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp-", suffix=".pt")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            torch.save({"model": model.state_dict(), "config": dict(model.config), **extra}, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def load_checkpoint(path, head_channels=None):
+    """(torch ViT with the checkpoint's weights, the loaded dict).
+
+    Accepts ``{"model": state_dict, "config": {...}}`` (what ``save_checkpoint`` writes) or a bare
+    seed state dict, whose configuration is read from its shapes; ``head_channels`` (which no shape
+    records) then defaults to the seed's 8 unless given. Every failure is one ValueError line."""
+    if not os.path.isfile(path):
+        raise ValueError(f"checkpoint: no such file {path}")
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # torch raises many types for a truncated or foreign file
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise ValueError(f"checkpoint {path}: not a readable torch checkpoint ({first})") from None
+    if not isinstance(ckpt, dict):
+        raise ValueError(f"checkpoint {path}: expected a dict (state dict or {{'model', 'config'}}), "
+                         f"got {type(ckpt).__name__}")
+    state = ckpt["model"] if "model" in ckpt else ckpt
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise ValueError(f"checkpoint {path}: expected a state dict of tensors under 'model'")
+    config = dict(numpy_vit.infer_config(state), head_channels=8)
+    if "model" in ckpt:
+        config.update({k: v for k, v in ckpt.get("config", {}).items() if k in CONFIG_KEYS})
+    if head_channels is not None:
+        config["head_channels"] = head_channels
+    if isinstance(config["image_size"], list):
+        config["image_size"] = tuple(config["image_size"])
+    bad = [k for k, v in state.items() if v.is_floating_point() and not torch.isfinite(v).all()]
+    if bad:
+        raise ValueError(f"checkpoint {path}: expected finite weights, got NaN or inf in {', '.join(bad)}")
+    model = ViT(**{k: config[k] for k in CONFIG_KEYS if k in config})
+    check_state_dict(model, state)
+    model.load_state_dict(state, strict=True)
+    return model, ckpt

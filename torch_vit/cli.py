@@ -1,0 +1,184 @@
+"""The ``convvit`` command. ``convvit check``: NumPy against torch autograd on the seed model (or
+a checkpoint), tensor by tensor, in float64 and float32, plus finite-difference spot checks; exit
+status 0 only if every check passes, 1 if one fails, 2 for bad input."""
+
+import argparse
+import math
+import sys
+import time
+
+import numpy as np
+import torch
+
+import numpy_vit
+from numpy_vit.gradcheck import fd_agrees, numerical_derivative
+
+from .checkpoint import load_checkpoint
+from .model import ViT
+from .parity import BOUNDS, model_rows, to_torch
+
+
+class UsageError(Exception):
+    """Bad input: printed as one line, exit status 2."""
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message):
+        raise UsageError(message)
+
+
+def _size(text):
+    try:
+        parts = [int(p) for p in text.lower().split("x")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected N or HxW, got {text!r}") from None
+    if len(parts) not in (1, 2) or min(parts) < 1:
+        raise argparse.ArgumentTypeError(f"expected N or HxW of positive ints, got {text!r}")
+    return parts[0] if len(parts) == 1 else tuple(parts)
+
+
+def _positive_int(text):
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return value
+
+
+def _fraction(text):
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not (0.0 <= value <= 1.0):  # NaN fails too
+        raise argparse.ArgumentTypeError(f"expected a finite number in [0, 1], got {text!r}")
+    return value
+
+
+def _fd_rows(model, x, labels, label_smoothing, rng, count):
+    """Finite-difference spot checks of the float64 NumPy model alone: ``count`` random coordinates
+    of the input and of a spread of parameters. Returns (name, analytic, numeric, ok) tuples."""
+    def loss():
+        return numpy_vit.cross_entropy(model.forward(x), labels, label_smoothing)[0]
+
+    logits = model.forward(x)
+    _, dlogits = numpy_vit.cross_entropy(logits, labels, label_smoothing)
+    grads = dict(model.grads)
+    grads["input"] = model.backward(dlogits)
+    grads.update(model.grads)
+    params = dict(model.named_parameters())
+    names = list(params)
+    chosen = ["input"] + [names[i] for i in rng.choice(len(names), size=min(count, len(names)) - 1, replace=False)]
+    rows = []
+    for name in chosen:
+        array = x if name == "input" else params[name]
+        index = tuple(int(rng.integers(0, n)) for n in array.shape)
+        numeric = numerical_derivative(loss, array, index)
+        analytic = float(grads[name][index])
+        rows.append((f"{name}{list(index)}", analytic, numeric, fd_agrees(analytic, numeric)))
+    return rows
+
+
+def check(args, out=sys.stdout):
+    """Run the check; return the exit status (0 all passed, 1 a check failed)."""
+    started = time.perf_counter()
+    if args.checkpoint:
+        try:
+            torch_model, _ = load_checkpoint(args.checkpoint, head_channels=args.head_channels)
+        except ValueError as e:
+            raise UsageError(str(e)) from None
+        source = f"checkpoint {args.checkpoint}"
+    else:
+        torch.manual_seed(args.seed)
+        try:
+            torch_model = ViT(args.image_size, args.patch_size, args.in_channels, args.dim, args.depth,
+                              args.head_channels or 8, args.num_classes)
+        except (ValueError, TypeError) as e:
+            raise UsageError(str(e)) from None
+        source = f"random weights, --seed {args.seed}"
+    torch_model.eval()
+    config = torch_model.config
+    state = {k: v.detach().double().numpy() for k, v in torch_model.state_dict().items()}
+    rng = np.random.default_rng(args.seed)
+    h, w = config["image_size"]
+    x64 = rng.standard_normal((args.batch, config["in_channels"], h, w))
+    labels = rng.integers(0, config["num_classes"], args.batch)
+    n_params = sum(v.size for v in state.values())
+    print(f"convvit check: ViT{tuple(config[k] for k in ('image_size', 'patch_size', 'in_channels', 'embedding_dim', 'depth', 'head_channels', 'num_classes'))}"
+          f", {n_params:,} parameters, {source}; batch {args.batch} of N(0, 1) images, "
+          f"label smoothing {args.label_smoothing}", file=out)
+
+    failures = total = 0
+    for dtype in (np.float64, np.float32):
+        model = numpy_vit.ViT(**{k: v for k, v in config.items()}, dtype=dtype)
+        model.load_state_dict(state)
+        twin = to_torch(model, ViT(**config))
+        rows = model_rows(model, twin, x64.astype(dtype), labels, args.label_smoothing)
+        print(f"\n{np.dtype(dtype).name}: NumPy against torch autograd, pass when max rel <= "
+              f"{BOUNDS[np.dtype(dtype)]:.0e}", file=out)
+        print(f"  {'tensor':<44} {'shape':<16} {'max abs':>10} {'max rel':>10}  result", file=out)
+        for r in rows:
+            verdict = "pass" if r.ok else "FAIL"
+            if r.ok and r.max_rel > r.bound:
+                verdict = "pass (floor)"
+            print(f"  {r.name:<44} {str(r.shape):<16} {r.max_abs:>10.2e} {r.max_rel:>10.2e}  {verdict}", file=out)
+        failures += sum(not r.ok for r in rows)
+        total += len(rows)
+
+    model = numpy_vit.ViT(**config, dtype=np.float64)
+    model.load_state_dict(state)
+    fd = _fd_rows(model, x64.copy(), labels, args.label_smoothing, rng, args.fd)
+    print("\nfloat64 finite differences (NumPy only, centred, h = 1e-6), pass when "
+          "|analytic - numeric| <= 1e-5 max(|a|, |n|) + 1e-8", file=out)
+    for name, a, n, ok in fd:
+        print(f"  {name:<52} analytic {a: .6e}  numeric {n: .6e}  {'pass' if ok else 'FAIL'}", file=out)
+    failures += sum(not ok for *_, ok in fd)
+    total += len(fd)
+
+    elapsed = time.perf_counter() - started
+    if failures:
+        print(f"\nFAILED: {failures} of {total} checks ({elapsed:.1f} s)", file=out)
+        return 1
+    print(f"\nall {total} checks passed ({elapsed:.1f} s)", file=out)
+    return 0
+
+
+def build_parser():
+    parser = _Parser(prog="convvit", description="A fully-convolutional ViT in NumPy and PyTorch, proven equal.")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    c = sub.add_parser("check", help="NumPy forward and backward against torch autograd, tensor by tensor",
+                       description="Builds the model (the seed configuration by default) with random weights "
+                                   "from --seed, or loads --checkpoint, runs forward and backward with the loss "
+                                   "in NumPy and in torch in float64 and float32, and prints one row per tensor. "
+                                   "Exit status 0 only if every check passes.")
+    c.add_argument("--seed", type=int, default=0, help="seed of the weights, images and labels (default 0)")
+    c.add_argument("--checkpoint", metavar="PATH", help="check a trained torch checkpoint instead of random weights")
+    c.add_argument("--image-size", type=_size, default=32, metavar="N|HxW", help="default 32")
+    c.add_argument("--patch-size", type=_positive_int, default=2, help="default 2")
+    c.add_argument("--in-channels", type=_positive_int, default=3, help="default 3")
+    c.add_argument("--dim", type=_positive_int, default=32, help="embedding_dim (default 32)")
+    c.add_argument("--depth", type=_positive_int, default=4, help="default 4")
+    c.add_argument("--head-channels", type=_positive_int, default=None,
+                   help="default 8 (with --checkpoint: the checkpoint's own, else 8)")
+    c.add_argument("--num-classes", type=_positive_int, default=10, help="default 10")
+    c.add_argument("--batch", type=_positive_int, default=8, help="default 8")
+    c.add_argument("--label-smoothing", type=_fraction, default=0.0, help="default 0")
+    c.add_argument("--fd", type=_positive_int, default=6, help="finite-difference spot checks (default 6)")
+    return parser
+
+
+def main(argv=None):
+    try:
+        args = build_parser().parse_args(argv)
+        if args.command == "check":
+            return check(args)
+    except UsageError as e:
+        print(f"convvit: error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
