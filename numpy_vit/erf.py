@@ -76,7 +76,7 @@ def erf(x):
     """
     x = np.asarray(x)
     if not np.issubdtype(x.dtype, np.floating):
-        raise TypeError(f"erf expects a floating-point array, got dtype {x.dtype}")
+        raise TypeError(f"erf: expected a floating-point array, got dtype {x.dtype}")
     out = np.empty_like(x)
     y = np.abs(x)
 

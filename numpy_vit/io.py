@@ -4,6 +4,7 @@ configuration read back from a state dict's shapes."""
 import os
 import re
 import tempfile
+import zipfile
 
 import numpy as np
 
@@ -65,11 +66,17 @@ def load_npz(path):
     """{name: ndarray} from a .npz written by ``save_npz`` (or ``np.savez``)."""
     try:
         with np.load(path, allow_pickle=False) as data:
-            return {name: data[name] for name in data.files}
+            if not hasattr(data, "files"):
+                raise ValueError("a single .npy array, not an .npz archive")
+            arrays = {name: data[name] for name in data.files}
     except FileNotFoundError:
         raise FileNotFoundError(f"no such .npz file: {path}") from None
-    except (ValueError, OSError, EOFError) as e:
+    except (ValueError, OSError, EOFError, zipfile.BadZipFile) as e:
         raise ValueError(f"{path}: not a readable .npz file ({e})") from None
+    not_arrays = [name for name, value in arrays.items() if not isinstance(value, np.ndarray)]
+    if not_arrays:
+        raise ValueError(f"{path}: not a readable .npz file (entries that are not .npy arrays: {', '.join(not_arrays)})")
+    return arrays
 
 
 def infer_config(state_dict):
