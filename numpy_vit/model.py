@@ -80,10 +80,10 @@ class Embedding(Module):
                     (self.reduced_size[0] * p, self.reduced_size[1] * p))
         self._cache = True
         x = self.patch(x)  # (B, C, H, W)
-        return x + self._params["pos_embedding"]
+        return self._remember(x + self._params["pos_embedding"])
 
     def backward(self, dout):
-        self._saved()
+        self._check_dout(dout)
         self._grads["pos_embedding"] = dout.sum(axis=0, keepdims=True)  # (1, C, H, W)
         return self.patch.backward(dout)
 
@@ -127,9 +127,10 @@ class MhSelfAttention(Module):
         out = attention @ values  # (B, heads, hc, N)
         self._cache = (keys, queries, values, attention, (b, h, w))
         out = out.reshape(b, -1, h, w)  # (B, out_channels, H, W)
-        return self.unify_heads(out)
+        return self._remember(self.unify_heads(out))
 
     def backward(self, dout):
+        self._check_dout(dout)
         keys, queries, values, attention, (b, h, w) = self._saved()
         dout = self.unify_heads.backward(dout)
         dout = dout.reshape(b, self.heads, self.head_channels, -1)  # (B, heads, hc, N)
@@ -168,10 +169,10 @@ class FeedForward(Module):
     def forward(self, x):
         check_input(x, "FeedForward", self.in_channels, self.dtype)
         self._cache = True
-        return self.net(x)
+        return self._remember(self.net(x))
 
     def backward(self, dout):
-        self._saved()
+        self._check_dout(dout)
         return self.net.backward(dout)
 
 
@@ -188,10 +189,10 @@ class PreNormChannels(Module):
     def forward(self, x):
         check_input(x, "PreNormChannels", self.channels, self.dtype)
         self._cache = True
-        return self.fn(self.lnorm(x))
+        return self._remember(self.fn(self.lnorm(x)))
 
     def backward(self, dout):
-        self._saved()
+        self._check_dout(dout)
         return self.lnorm.backward(self.fn.backward(dout))
 
 
@@ -224,10 +225,10 @@ class Transformer(Module):
         for attn, ff in self.layers:
             x = attn(x) + x
             x = ff(x) + x
-        return x
+        return self._remember(x)
 
     def backward(self, dout):
-        self._saved()
+        self._check_dout(dout)
         for attn, ff in reversed(self.layers.items):
             dout = ff.backward(dout) + dout  # the residual carries dout past the block too
             dout = attn.backward(dout) + dout
@@ -281,10 +282,10 @@ class ViT(Module):
         x = self.embedding(x)  # (B, C, H/p, W/p)
         x = self.transformer(x)  # (B, C, H/p, W/p)
         x = self.norm(x)  # the seed's transpose(1, -1), LayerNorm(C), transpose(-1, 1)
-        return self.mlp_head(x)  # (B, num_classes)
+        return self._remember(self.mlp_head(x))  # (B, num_classes)
 
     def backward(self, dlogits):
-        self._saved()
+        self._check_dout(dlogits)
         dx = self.mlp_head.backward(dlogits)
         dx = self.norm.backward(dx)
         dx = self.transformer.backward(dx)

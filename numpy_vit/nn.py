@@ -53,6 +53,20 @@ class Module:
             raise RuntimeError(f"{type(self).__name__}.backward() called before forward()")
         return self._cache
 
+    def _remember(self, out):
+        """Note the output's shape and dtype, so that backward can check its upstream gradient."""
+        object.__setattr__(self, "_out_spec", (out.shape, out.dtype))
+        return out
+
+    def _check_dout(self, dout):
+        """One clear line unless dout matches the last forward's output in shape and dtype."""
+        self._saved()
+        shape, dtype = self._out_spec
+        if not isinstance(dout, np.ndarray) or dout.shape != shape or dout.dtype != dtype:
+            got = f"shape {dout.shape}, dtype {dout.dtype}" if isinstance(dout, np.ndarray) else type(dout).__name__
+            raise ValueError(f"{type(self).__name__}.backward: expected an upstream gradient of shape {shape} "
+                             f"and dtype {dtype} (the last forward's output), got {got}")
+
     def named_modules(self, prefix=""):
         yield prefix, self
         for name, child in self._modules.items():

@@ -298,3 +298,21 @@ def test_load_npz_corrupt_file(tmp_path, kind):
     with pytest.raises(ValueError, match=rf"{re.escape(str(path))}: not a readable \.npz file") as excinfo:
         numpy_vit.load_npz(str(path))
     _one_line(excinfo)
+
+
+@pytest.mark.parametrize("bad, given", [
+    (np.zeros((2, 9)), r"got shape \(2, 9\), dtype float64"),
+    (np.zeros((2, 10), np.float32), r"got shape \(2, 10\), dtype float32"),
+    ([[0.0] * 10] * 2, "got list"),
+])
+def test_backward_rejects_a_mismatched_upstream_gradient(bad, given):
+    m = numpy_vit.ViT(8, 2, 3, 8, 1, 4, dtype=np.float64, rng=0)
+    m.forward(np.zeros((2, 3, 8, 8)))
+    with pytest.raises(ValueError, match=r"ViT.backward: expected an upstream gradient of shape \(2, 10\) "
+                                         r"and dtype float64 \(the last forward's output\), " + given) as e:
+        m.backward(bad)
+    assert "\n" not in str(e.value)
+    a = numpy_vit.MhSelfAttention(8, 8, 4, dtype=np.float64, rng=0)
+    a.forward(np.zeros((1, 8, 2, 3)))
+    with pytest.raises(ValueError, match=r"MhSelfAttention.backward: expected .* shape \(1, 8, 2, 3\)"):
+        a.backward(np.zeros((1, 8, 3, 2)))
