@@ -1,0 +1,96 @@
+"""Training throughput of torch_vit on this machine: the data pipeline alone (batched augmentation
+of in-memory uint8 images), a full training step (augmentation + forward + backward + clip + AdamW),
+and evaluation, at batch 128, for a recipe's augmentations.
+
+    python benchmarks/train_throughput.py --recipe seed --out benchmarks/results/train_throughput.json
+"""
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import time
+
+import torch
+import torch.nn.functional as F
+
+from torch_vit.data import make_synthetic
+from torch_vit.model import ViT
+from torch_vit.train import augmenter, make_config, predict
+
+
+def timed(fn, repeats, warmup=3):
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(repeats):
+        t = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t)
+    return statistics.median(times)
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--recipe", default="default")
+    ap.add_argument("--batch", type=int, default=128)
+    ap.add_argument("--repeats", type=int, default=30)
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--out", default=None)
+    args = ap.parse_args(argv)
+    device = torch.device(args.device)
+    cfg = make_config(args.recipe)
+    data = make_synthetic(4096, 1024, size=cfg.image_size)  # pixels do not change the speed
+    x, y = data.train_x.to(device), data.train_y.to(device)
+    g = torch.Generator().manual_seed(0)
+    augment = augmenter(cfg)
+    B = args.batch
+    idx = lambda: torch.randint(0, len(x), (B,), generator=g).to(device)
+
+    def sync():
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+
+    def pipeline():
+        augment(x[idx()], g)
+        sync()
+
+    results = {}
+    results["pipeline_img_s"] = B / timed(pipeline, args.repeats)
+    for layout in ("channels_last", "contiguous"):
+        torch.manual_seed(0)
+        fmt = torch.channels_last if layout == "channels_last" else torch.contiguous_format
+        model = ViT(**cfg.model_config()).to(device, memory_format=fmt)
+        opt = torch.optim.AdamW(model.parameters(), lr=1e-3, weight_decay=0.01)
+
+        def step():
+            i = idx()
+            xb = augment(x[i], g).contiguous(memory_format=fmt)
+            loss = F.cross_entropy(model(xb), y[i])
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            opt.step()
+            sync()
+
+        results[f"train_step_img_s_{layout}"] = B / timed(step, args.repeats)
+    t = time.perf_counter()
+    predict(model.to(memory_format=torch.channels_last), data.test_x, cfg, device)
+    results["eval_img_s"] = len(data.test_x) / (time.perf_counter() - t)
+    machine = dict(cpu=platform.processor() or platform.machine(), cores=os.cpu_count(),
+                   torch=torch.__version__, threads=torch.get_num_threads(), device=str(device),
+                   gpu=torch.cuda.get_device_name() if device.type == "cuda" else None)
+    full = dict(recipe=args.recipe, batch=B, machine=machine, **{k: round(v, 1) for k, v in results.items()})
+    per_epoch = 50_000 / results["train_step_img_s_channels_last"] + 10_000 / results["eval_img_s"]
+    full["estimated_cifar10_epoch_s"] = round(per_epoch, 1)
+    print(json.dumps(full, indent=1))
+    if args.out:
+        os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
+        with open(args.out + ".tmp", "w") as f:
+            json.dump(full, f, indent=1)
+        os.replace(args.out + ".tmp", args.out)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,228 @@
+"""Training of torch_vit on in-memory uint8 tensors with batched augmentation, and evaluation.
+
+One run writes into --out: config.json (every setting), metrics.jsonl (one JSON object per epoch),
+checkpoint.pt (model, optimizer and history after the last finished epoch, written atomically), and
+at the end curves.png, confusion.png and report.json (test accuracy per class, confusion matrix, and
+how many test images the NumPy model classifies as torch does). --resume continues from
+checkpoint.pt: every epoch draws its batches and augmentations from a generator seeded by
+(seed, epoch), so a resumed run ends with the same weights as an uninterrupted one.
+"""
+
+import dataclasses
+import json
+import math
+import os
+import tempfile
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from .augment import Augment, normalize
+from .checkpoint import CONFIG_KEYS, load_checkpoint, save_checkpoint
+from .data import CIFAR10_MEAN, CIFAR10_STD
+from .model import ViT
+
+
+@dataclass
+class TrainConfig:
+    """Every setting of a run. The recipes below fill these; any flag overrides one."""
+    # model (the seed's architecture by default)
+    image_size: tuple = (32, 32)
+    patch_size: int = 2
+    in_channels: int = 3
+    embedding_dim: int = 32
+    depth: int = 4
+    head_channels: int = 8
+    num_classes: int = 10
+    # optimisation
+    epochs: int = 24
+    batch_size: int = 128
+    test_batch_size: int = 64
+    lr: float = 0.01
+    weight_decay: float = 0.01
+    betas: tuple = (0.9, 0.999)
+    label_smoothing: float = 0.0
+    clip: float = 1.0
+    # piecewise-linear learning rate, stepped every batch: np.interp(t, [0, peak, knee, epochs],
+    # [0, lr, lr * knee_lr, 0]), t = epoch + (step + 1) / steps; peak, knee default to the seed's
+    # epochs * 2 // 5 and epochs * 4 // 5
+    peak_epoch: float = None
+    knee_epoch: float = None
+    knee_lr: float = 0.05
+    # augmentation, in the seed's order (None or 0: off)
+    crop_scale: tuple = (0.75, 1.0)
+    flip: float = 0.5
+    randaugment: tuple = (1, 8)
+    color_jitter: tuple = (0.1, 0.1, 0.1)
+    erasing: float = 0.25
+    mean: tuple = CIFAR10_MEAN
+    std: tuple = CIFAR10_STD
+    # run
+    seed: int = 0
+    recipe: str = "default"
+    data: str = "synthetic"
+    amp: bool = False  # bfloat16 autocast (CUDA only)
+    extra: dict = field(default_factory=dict)
+
+    def schedule(self):
+        peak = self.epochs * 2 // 5 if self.peak_epoch is None else self.peak_epoch
+        knee = self.epochs * 4 // 5 if self.knee_epoch is None else self.knee_epoch
+        return [0, peak, knee, self.epochs], [0, self.lr, self.lr * self.knee_lr, 0]
+
+    def lr_at(self, t):
+        xp, fp = self.schedule()
+        return float(np.interp(t, xp, fp))
+
+    def model_config(self):
+        return {k: getattr(self, k) for k in CONFIG_KEYS if hasattr(self, k)}
+
+
+# The seed's run, setting for setting (../shared/seed/RECIPE.md), and the best recipe found for the
+# same architecture in 24 epochs (README, "Training").
+RECIPES = {
+    "seed": dict(epochs=25, batch_size=128, test_batch_size=64, lr=0.01, weight_decay=0.01, label_smoothing=0.0,
+                 clip=1.0, knee_lr=0.05, crop_scale=(0.75, 1.0), flip=0.5, randaugment=(1, 8),
+                 color_jitter=(0.1, 0.1, 0.1), erasing=0.25),
+    "default": dict(epochs=24, batch_size=128, test_batch_size=64, lr=0.01, weight_decay=0.01, label_smoothing=0.0,
+                    clip=1.0, knee_lr=0.05, crop_scale=(0.75, 1.0), flip=0.5, randaugment=(1, 8),
+                    color_jitter=(0.1, 0.1, 0.1), erasing=0.25),
+}
+
+
+def make_config(recipe="default", **overrides):
+    if recipe not in RECIPES:
+        raise ValueError(f"--recipe: expected one of {', '.join(RECIPES)}, got {recipe!r}")
+    unknown = set(overrides) - {f.name for f in dataclasses.fields(TrainConfig)}
+    if unknown:
+        raise ValueError(f"unknown settings: {', '.join(sorted(unknown))}")
+    settings = dict(RECIPES[recipe], recipe=recipe)
+    settings.update(overrides)
+    cfg = TrainConfig(**settings)
+    if isinstance(cfg.image_size, int):
+        cfg.image_size = (cfg.image_size, cfg.image_size)
+    return cfg
+
+
+def augmenter(cfg):
+    h, w = cfg.image_size
+    if h != w:
+        raise ValueError(f"training augments square images, got image_size {tuple(cfg.image_size)}")
+    return Augment(crop_scale=cfg.crop_scale, flip=cfg.flip, randaugment=cfg.randaugment,
+                   color_jitter=cfg.color_jitter, erasing=cfg.erasing, mean=cfg.mean, std=cfg.std, size=h)
+
+
+def _write_atomic(path, text):
+    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(os.path.abspath(path)), prefix=".tmp-")
+    with os.fdopen(fd, "w") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def _epoch_generator(seed, epoch):
+    return torch.Generator().manual_seed(seed * 1_000_003 + epoch)
+
+
+@torch.no_grad()
+def predict(model, x_uint8, cfg, device, batch_size=500):
+    """(logits (N, K) float32 on the CPU) of the model on uint8 images, normalized as in training."""
+    model.eval()
+    out = []
+    for i in range(0, len(x_uint8), batch_size):
+        xb = normalize(x_uint8[i:i + batch_size].to(device), cfg.mean, cfg.std)
+        xb = xb.contiguous(memory_format=torch.channels_last)
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.amp and device.type == "cuda"):
+            out.append(model(xb).float().cpu())
+    return torch.cat(out)
+
+
+def evaluate(model, data, cfg, device):
+    logits = predict(model, data.test_x, cfg, device)
+    loss = F.cross_entropy(logits, data.test_y).item()
+    pred = logits.argmax(1)
+    return dict(test_loss=loss, test_acc=(pred == data.test_y).float().mean().item()), logits
+
+
+def train(cfg, data, out, resume=False, device=None, progress=True, log=print, stop_after=None):
+    """Train, writing everything into ``out``; returns (model, history). ``stop_after``: end after
+    that many epochs of this call (a test's stand-in for a kill)."""
+    from tqdm import tqdm
+
+    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    os.makedirs(out, exist_ok=True)
+    ckpt_path = os.path.join(out, "checkpoint.pt")
+    torch.manual_seed(cfg.seed)
+    model = ViT(**cfg.model_config()).to(device, memory_format=torch.channels_last)
+    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, betas=cfg.betas, weight_decay=cfg.weight_decay)
+    history, start = [], 0
+    if resume and os.path.exists(ckpt_path):
+        _, ckpt = load_checkpoint(ckpt_path)
+        saved = ckpt.get("train_config", {})
+        mismatched = [k for k, v in dataclasses.asdict(cfg).items() if k in saved and _plain(saved[k]) != _plain(v)]
+        if mismatched:
+            raise ValueError(f"--resume: {ckpt_path} was written with other settings: {', '.join(mismatched)}")
+        model.load_state_dict(ckpt["model"])
+        opt.load_state_dict(ckpt["optimizer"])
+        history, start = list(ckpt["history"]), ckpt["epoch"] + 1
+        log(f"resuming {out} after epoch {ckpt['epoch']}")
+    _write_atomic(os.path.join(out, "config.json"),
+                  json.dumps(dict(dataclasses.asdict(cfg), data_source=data.source, classes=data.classes,
+                                  device=str(device), torch=torch.__version__, threads=torch.get_num_threads()),
+                             indent=1, default=list) + "\n")
+
+    augment = augmenter(cfg)
+    train_x, train_y = data.train_x.to(device), data.train_y.to(device)
+    n = len(train_x)
+    steps = math.ceil(n / cfg.batch_size)
+    done = 0
+    for epoch in range(start, cfg.epochs):
+        started = time.perf_counter()
+        g = _epoch_generator(cfg.seed, epoch)
+        perm = torch.randperm(n, generator=g).to(device)
+        model.train()
+        seen = correct = 0
+        loss_sum = torch.zeros((), device=device)
+        correct_t = torch.zeros((), device=device, dtype=torch.int64)
+        bar = tqdm(range(steps), desc=f"epoch {epoch}", unit="batch", leave=False, disable=not progress,
+                   mininterval=1)
+        for step in bar:
+            idx = perm[step * cfg.batch_size:(step + 1) * cfg.batch_size]
+            xb = augment(train_x[idx], g).contiguous(memory_format=torch.channels_last)
+            yb = train_y[idx]
+            lr = cfg.lr_at(epoch + (step + 1) / steps)
+            for group in opt.param_groups:
+                group["lr"] = lr
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.amp and device.type == "cuda"):
+                logits = model(xb)
+                loss = F.cross_entropy(logits.float(), yb, label_smoothing=cfg.label_smoothing)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            if cfg.clip:
+                torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.clip)
+            opt.step()
+            loss_sum += loss.detach() * len(idx)
+            correct_t += (logits.argmax(1) == yb).sum()
+            seen += len(idx)
+        correct = int(correct_t)
+        test, _ = evaluate(model, data, cfg, device)
+        row = dict(epoch=epoch, train_loss=loss_sum.item() / seen, train_acc=correct / seen, **test,
+                   lr=lr, time=time.perf_counter() - started)
+        history.append(row)
+        _write_atomic(os.path.join(out, "metrics.jsonl"), "".join(json.dumps(r) + "\n" for r in history))
+        save_checkpoint(model, ckpt_path, optimizer=opt.state_dict(), epoch=epoch, history=history,
+                        train_config=dataclasses.asdict(cfg), classes=data.classes, norm=(cfg.mean, cfg.std))
+        log(f"ViT: Epoch: {epoch} | Train Acc: {row['train_acc']:.4f}, Test Acc: {row['test_acc']:.4f}, "
+            f"Time: {row['time']:.1f}, lr: {lr:.6f}")
+        done += 1
+        if stop_after is not None and done >= stop_after and epoch + 1 < cfg.epochs:
+            return model, history
+    return model, history
+
+
+def _plain(v):
+    """Compare settings across JSON/torch round trips: tuples and lists alike."""
+    return json.loads(json.dumps(v, default=list))
