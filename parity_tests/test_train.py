@@ -99,8 +99,7 @@ def test_outputs_and_evaluate_and_check(tmp_path):
     assert report["numpy_same_class"] == report["test_images"] == 500
     assert len(report["per_class_acc"]) == 10 and np.array(report["confusion"]).sum() == 500
     assert abs(report["test_acc"] - rows[-1]["test_acc"]) < 1e-6
-    ev = cli("evaluate", "--checkpoint", str(out / "checkpoint.pt"), "--data", "synthetic", "--no-progress",
-             "--out", str(tmp_path / "ev"))
+    ev = cli("evaluate", "--checkpoint", str(out / "checkpoint.pt"), "--no-progress", "--out", str(tmp_path / "ev"))
     assert ev.returncode == 0, ev.stderr
     assert json.loads((tmp_path / "ev" / "report.json").read_text())["test_acc"] == report["test_acc"]
     check = cli("check", "--checkpoint", str(out / "checkpoint.pt"), "--batch", "2")

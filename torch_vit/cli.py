@@ -171,9 +171,9 @@ def _nonneg_float(text):
     return value
 
 
-def _data_args(p):
-    p.add_argument("--data", default="synthetic", metavar="SOURCE",
-                   help="cifar10 | imagefolder:PATH | synthetic (default synthetic)")
+def _data_args(p, default="synthetic"):
+    p.add_argument("--data", default=default, metavar="SOURCE",
+                   help="cifar10 | imagefolder:PATH | synthetic (default: " + (default or "the checkpoint's own") + ")")
     p.add_argument("--data-dir", default="data", help="where --data cifar10 looks for or downloads CIFAR-10 (default ./data)")
     p.add_argument("--cache-dir", default=None, help="cache of decoded image folders (default ~/.cache/convvit)")
     p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when present)")
@@ -220,7 +220,7 @@ def evaluate_command(args):
         known = {f.name for f in dataclasses.fields(TrainConfig)}
         cfg = TrainConfig(**{k: v for k, v in ckpt.get("train_config", {}).items() if k in known})
         cfg.image_size = tuple(model.config["image_size"])
-        data = data_mod.load(args.data, cfg.image_size, args.data_dir, args.cache_dir, not args.no_progress)
+        data = data_mod.load(args.data or cfg.data, cfg.image_size, args.data_dir, args.cache_dir, not args.no_progress)
     except ValueError as e:
         raise UsageError(str(e)) from None
     out = args.out or os.path.dirname(os.path.abspath(args.checkpoint))
@@ -278,7 +278,7 @@ def build_parser():
     t.add_argument("--amp", action="store_true", help="bfloat16 autocast on CUDA")
 
     e = sub.add_parser("evaluate", help="test accuracy, per class, confusion matrix and NumPy agreement of a checkpoint")
-    _data_args(e)
+    _data_args(e, default=None)
     e.add_argument("--checkpoint", required=True, metavar="PATH")
     e.add_argument("--out", default=None, help="where to write (default: the checkpoint's folder)")
     return parser

@@ -34,7 +34,10 @@ def plot_curves(history, path):
     b.plot(epochs, [100 * r["train_acc"] for r in history], "o-", label="train")
     b.plot(epochs, [100 * r["test_acc"] for r in history], "o-", label="test")
     b.set(xlabel="epoch", ylabel="accuracy (%)", title="accuracy")
+    from matplotlib.ticker import MaxNLocator
+
     for ax in (a, b):
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.grid(alpha=0.3)
         ax.legend()
     _savefig(fig, path)

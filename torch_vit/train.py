@@ -20,9 +20,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .augment import Augment, normalize
+from .augment import CIFAR10_MEAN, CIFAR10_STD, Augment, normalize
 from .checkpoint import CONFIG_KEYS, load_checkpoint, save_checkpoint
-from .data import CIFAR10_MEAN, CIFAR10_STD
 from .model import ViT
 
 
@@ -86,9 +85,9 @@ RECIPES = {
     "seed": dict(epochs=25, batch_size=128, test_batch_size=64, lr=0.01, weight_decay=0.01, label_smoothing=0.0,
                  clip=1.0, knee_lr=0.05, crop_scale=(0.75, 1.0), flip=0.5, randaugment=(1, 8),
                  color_jitter=(0.1, 0.1, 0.1), erasing=0.25),
-    "default": dict(epochs=24, batch_size=128, test_batch_size=64, lr=0.01, weight_decay=0.01, label_smoothing=0.0,
-                    clip=1.0, knee_lr=0.05, crop_scale=(0.75, 1.0), flip=0.5, randaugment=(1, 8),
-                    color_jitter=(0.1, 0.1, 0.1), erasing=0.25),
+    "default": dict(epochs=24, batch_size=64, test_batch_size=64, lr=0.01, weight_decay=0.1, label_smoothing=0.0,
+                    clip=1.0, knee_lr=0.05, crop_scale=(0.75, 1.0), flip=0.5, randaugment=None,
+                    color_jitter=None, erasing=0.0),
 }
 
 
@@ -128,9 +127,10 @@ def _epoch_generator(seed, epoch):
 
 
 @torch.no_grad()
-def predict(model, x_uint8, cfg, device, batch_size=500):
+def predict(model, x_uint8, cfg, device, batch_size=None):
     """(logits (N, K) float32 on the CPU) of the model on uint8 images, normalized as in training."""
     model.eval()
+    batch_size = batch_size or cfg.test_batch_size
     out = []
     for i in range(0, len(x_uint8), batch_size):
         xb = normalize(x_uint8[i:i + batch_size].to(device), cfg.mean, cfg.std)

@@ -1,0 +1,37 @@
+#!/usr/bin/env bash
+# The recipe search behind the default recipe: runs of the seed architecture that differ in one
+# setting, side by side on one device, then one summary line per run.
+#   benchmarks/recipe_sweep.sh SET DATA_SPEC OUT_DIR DEVICE [CACHE_DIR]
+#   SET a: 24 epochs; the seed's recipe, and "A" = the seed's with RandAugment and erasing off, one change each
+#   SET b: 12 epochs; "B" = crop and flip only, one change each (weight decay, batch, clipping, lr)
+#   e.g. SWEEP_TIMEOUT=450 benchmarks/recipe_sweep.sh a imagefolder:/data/cifar10-jpeg runs/sweep-a cuda
+set -uo pipefail
+set_=$1; data=$2; out=$3; device=$4; cache=${5:-$HOME/.cache/convvit}
+mkdir -p "$out"
+python3 -c "from torch_vit.data import load; load('$data', cache_dir='$cache', progress=False)"  # decode once
+declare -A runs
+if [ "$set_" = a ]; then
+  A="--recipe seed --epochs 24 --randaugment none --erasing 0"
+  runs=([seed25]="--recipe seed" [seed24]="--recipe seed --epochs 24" [A]="$A" [A_ls0.1]="$A --label-smoothing 0.1"
+        [A_lr0.005]="$A --lr 0.005" [A_peak4]="$A --peak-epoch 4" [A_nojitter]="$A --color-jitter none"
+        [A_wd0.05]="$A --weight-decay 0.05")
+else
+  B="--recipe seed --epochs 12 --randaugment none --erasing 0 --color-jitter none"
+  runs=([B]="$B" [B_wd0.05]="$B --weight-decay 0.05" [B_wd0.1]="$B --weight-decay 0.1" [B_bs64]="$B --batch-size 64"
+        [B_clip0]="$B --clip 0" [B_wd0.05_lr0.003]="$B --weight-decay 0.05 --lr 0.003")
+fi
+for name in "${!runs[@]}"; do
+  OMP_NUM_THREADS=2 timeout "${SWEEP_TIMEOUT:-3000}" python3 -m torch_vit.cli train --data "$data" --cache-dir "$cache" \
+    --device "$device" --no-progress --out "$out/$name" ${runs[$name]} > "$out/$name.log" 2>&1 &
+done
+wait
+python3 - "$out" <<'PY'
+import json, os, sys
+out = sys.argv[1]
+for name in sorted(os.listdir(out)):
+    path = os.path.join(out, name, "metrics.jsonl")
+    if os.path.isfile(path):
+        rows = [json.loads(l) for l in open(path)]
+        print(f"{name:<18} epochs done {len(rows):>2}  last test {100 * rows[-1]['test_acc']:.2f}%  "
+              f"train {100 * rows[-1]['train_acc']:.2f}%  {sum(r['time'] for r in rows) / len(rows):.1f} s/epoch")
+PY
