@@ -9,6 +9,7 @@ This package imports NumPy only, never torch.
 """
 
 from .erf import erf
+from .gradcam import grad_cam
 from .io import check_state_dict, infer_config, load_npz, save_npz
 from .loss import cross_entropy, log_softmax
 from .model import Embedding, FeedForward, MhSelfAttention, PreNormChannels, Transformer, ViT
@@ -16,6 +17,6 @@ from .nn import GELU, Conv2d, LayerNorm, Linear, Module, softmax, softmax_backwa
 
 __all__ = [
     "Conv2d", "Embedding", "FeedForward", "GELU", "LayerNorm", "Linear", "MhSelfAttention", "Module",
-    "PreNormChannels", "Transformer", "ViT", "check_state_dict", "cross_entropy", "erf", "infer_config",
-    "load_npz", "log_softmax", "save_npz", "softmax", "softmax_backward",
+    "PreNormChannels", "Transformer", "ViT", "check_state_dict", "cross_entropy", "erf", "grad_cam",
+    "infer_config", "load_npz", "log_softmax", "save_npz", "softmax", "softmax_backward",
 ]

@@ -1,7 +1,6 @@
 """Centred finite differences, NumPy only: the check of a hand-derived backward that needs no torch.
 (CS231n's eval_numerical_gradient_array, one coordinate at a time.)"""
 
-import numpy as np
 
 
 def numerical_derivative(f, array, index, h=1e-6):

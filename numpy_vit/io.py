@@ -44,22 +44,31 @@ def check_state_dict(model, arrays_by_name):
     return given
 
 
-def save_npz(path, arrays_by_name):
-    """Write {name: array} to ``path`` as a plain .npz, atomically: a temporary file in the same
-    folder is renamed over the target only once it is complete."""
-    arrays = {name: to_numpy(value) for name, value in arrays_by_name.items()}
+def atomic_write(path, write, binary=True, suffix=""):
+    """Write ``path`` atomically: ``write(f)`` fills a temporary file in the same folder, which is
+    flushed, fsynced, given a normal file's mode and only then renamed over ``path``; on any failure
+    (an exception, Ctrl-C) the temporary file is removed and ``path`` is left as it was."""
     folder = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp-", suffix=".npz")
+    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp-", suffix=suffix)
     try:
-        with os.fdopen(fd, "wb") as f:
-            np.savez(f, **arrays)
+        with os.fdopen(fd, "wb" if binary else "w") as f:
+            write(f)
             f.flush()
             os.fsync(f.fileno())
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # mkstemp creates it 0600
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
             os.unlink(tmp)
         raise
+
+
+def save_npz(path, arrays_by_name):
+    """Write {name: array} to ``path`` as a plain .npz, atomically."""
+    arrays = {name: to_numpy(value) for name, value in arrays_by_name.items()}
+    atomic_write(path, lambda f: np.savez(f, **arrays), suffix=".npz")
 
 
 def load_npz(path):

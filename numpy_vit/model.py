@@ -198,7 +198,11 @@ class PreNormChannels(Module):
 
 class Transformer(Module):
     """depth blocks, each ``x = attn(x) + x; x = ff(x) + x`` with pre-norm attention and MLP.
-    layers.{i}.0 = PreNormChannels(MhSelfAttention), layers.{i}.1 = PreNormChannels(FeedForward)."""
+    layers.{i}.0 = PreNormChannels(MhSelfAttention), layers.{i}.1 = PreNormChannels(FeedForward).
+
+    For attribution (numpy_vit.gradcam): ``forward`` leaves ``block_outputs[i]``, the x after block
+    i's ``x = ff(x) + x``; with ``record_block_grads = True``, ``backward`` leaves ``block_grads[i]``,
+    the gradient at that output (the residual's share included). Neither changes the maths."""
 
     def __init__(self, depth, head_channels, in_channels, out_channels, approximate="none", *,
                  dtype=np.float32, rng=None):
@@ -218,20 +222,29 @@ class Transformer(Module):
             )
             for _ in range(depth)
         ])
+        self.block_outputs = []  # block_outputs[i]: the output of block i, set by forward
+        self.record_block_grads = False  # when True, backward fills block_grads
+        self.block_grads = None  # block_grads[i]: the gradient at block_outputs[i]
 
     def forward(self, x):
         check_input(x, "Transformer", self.in_channels, self.dtype)
         self._cache = True
+        self.block_outputs = []
         for attn, ff in self.layers:
             x = attn(x) + x
             x = ff(x) + x
+            self.block_outputs.append(x)
         return self._remember(x)
 
     def backward(self, dout):
         self._check_dout(dout)
-        for attn, ff in reversed(self.layers.items):
+        grads = [None] * len(self.layers) if self.record_block_grads else None
+        for i, (attn, ff) in reversed(list(enumerate(self.layers.items))):
+            if grads is not None:
+                grads[i] = dout  # the gradient at the output of block i
             dout = ff.backward(dout) + dout  # the residual carries dout past the block too
             dout = attn.backward(dout) + dout
+        self.block_grads = grads
         return dout
 
 

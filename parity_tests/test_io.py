@@ -104,3 +104,24 @@ def test_bad_checkpoint_is_one_line(tmp_path, damage):
     with pytest.raises(ValueError, match=expected) as e:
         torch_vit.load_checkpoint(str(path))
     assert "\n" not in str(e.value)
+
+
+def test_save_checkpoint_is_atomic(tmp_path, monkeypatch):
+    """A checkpoint write killed half way (here: torch.save writes part of the file, then dies)
+    leaves the previous checkpoint whole and loadable, and no temporary file behind."""
+    path = tmp_path / "c.pt"
+    t = torch_vit.ViT(8, 2, 3, 8, 1, 4)
+    torch_vit.save_checkpoint(t, path, epoch=0)
+    real_save = torch.save
+
+    def dies_half_way(obj, f, *args, **kwargs):
+        f.write(b"PK\x03\x04 partial")
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(torch, "save", dies_half_way)
+    with pytest.raises(KeyboardInterrupt):
+        torch_vit.save_checkpoint(torch_vit.ViT(8, 2, 3, 8, 1, 4), path, epoch=1)
+    monkeypatch.setattr(torch, "save", real_save)
+    _, ckpt = torch_vit.load_checkpoint(str(path))
+    assert ckpt["epoch"] == 0
+    assert os.listdir(tmp_path) == ["c.pt"]

@@ -12,7 +12,6 @@ import numpy as np
 import pytest
 import torch
 
-import torch_vit
 from torch_vit import data as data_mod
 from torch_vit.train import make_config, train
 

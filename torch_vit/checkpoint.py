@@ -2,13 +2,12 @@
 (``{"model": state_dict, "config": ViT arguments}``, or a bare state dict), written atomically."""
 
 import os
-import tempfile
 
 import numpy as np
 import torch
 
 import numpy_vit
-from numpy_vit.io import check_state_dict
+from numpy_vit.io import atomic_write, check_state_dict
 
 from .model import ViT
 
@@ -32,18 +31,8 @@ def import_npz(model, path):
 def save_checkpoint(model, path, **extra):
     """torch.save ``{"model": state_dict, "config": model.config, **extra}`` atomically: into a
     temporary file beside ``path``, renamed over it only once complete."""
-    folder = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp-", suffix=".pt")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save({"model": model.state_dict(), "config": dict(model.config), **extra}, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    state = {"model": model.state_dict(), "config": dict(model.config), **extra}
+    atomic_write(path, lambda f: torch.save(state, f), suffix=".pt")
 
 
 def load_checkpoint(path, head_channels=None):

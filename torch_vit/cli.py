@@ -209,24 +209,61 @@ def train_command(args):
 
 
 def evaluate_command(args):
-    import dataclasses
-
-    from . import data as data_mod
     from .report import write_report
-    from .train import TrainConfig
 
     try:
-        model, ckpt = load_checkpoint(args.checkpoint)
-        known = {f.name for f in dataclasses.fields(TrainConfig)}
-        cfg = TrainConfig(**{k: v for k, v in ckpt.get("train_config", {}).items() if k in known})
-        cfg.image_size = tuple(model.config["image_size"])
-        data = data_mod.load(args.data or cfg.data, cfg.image_size, args.data_dir, args.cache_dir, not args.no_progress)
+        model, cfg, data = _load_for_inspection(args)
     except ValueError as e:
         raise UsageError(str(e)) from None
     out = args.out or os.path.dirname(os.path.abspath(args.checkpoint))
     os.makedirs(out, exist_ok=True)
     write_report(model, data, cfg, out)
     print(f"wrote {out}: confusion.png, report.json")
+    return 0
+
+
+def _load_for_inspection(args):
+    """(torch model, train config, data) for a checkpoint; the data defaults to the checkpoint's own."""
+    import dataclasses
+
+    from . import data as data_mod
+    from .train import TrainConfig
+
+    model, ckpt = load_checkpoint(args.checkpoint)
+    known = {f.name for f in dataclasses.fields(TrainConfig)}
+    cfg = TrainConfig(**{k: v for k, v in ckpt.get("train_config", {}).items() if k in known})
+    cfg.image_size = tuple(model.config["image_size"])
+    data = data_mod.load(args.data or cfg.data, cfg.image_size, args.data_dir, args.cache_dir, not args.no_progress)
+    if len(data.classes) != model.config["num_classes"]:
+        raise ValueError(f"--data: the checkpoint has {model.config['num_classes']} classes, "
+                         f"the data {len(data.classes)}")
+    return model, cfg, data
+
+
+def gradcam_command(args):
+    from .explain import gradcam
+
+    try:
+        model, cfg, data = _load_for_inspection(args)
+        out = args.out or os.path.join(os.path.dirname(os.path.abspath(args.checkpoint)), "gradcam")
+        gradcam(model, data, cfg, out, n=args.n, correct=args.correct, indices=args.index, layer=args.layer,
+                method=args.method)
+    except ValueError as e:
+        raise UsageError(str(e)) from None
+    print(f"wrote {out}: gradcam.png and one gradcam_<index>.png per image")
+    return 0
+
+
+def attention_command(args):
+    from .explain import attention
+
+    try:
+        model, cfg, data = _load_for_inspection(args)
+        out = args.out or os.path.join(os.path.dirname(os.path.abspath(args.checkpoint)), "attention")
+        attention(model, data, cfg, out, args.index)
+    except ValueError as e:
+        raise UsageError(str(e)) from None
+    print(f"wrote {out}: attention_{args.index}.png, positional.png")
     return 0
 
 
@@ -281,6 +318,23 @@ def build_parser():
     _data_args(e, default=None)
     e.add_argument("--checkpoint", required=True, metavar="PATH")
     e.add_argument("--out", default=None, help="where to write (default: the checkpoint's folder)")
+
+    g = sub.add_parser("gradcam", help="GradCAM on misclassified test images, for the true and the predicted class")
+    _data_args(g, default=None)
+    g.add_argument("--checkpoint", required=True, metavar="PATH")
+    g.add_argument("--n", type=_positive_int, default=10, help="how many images (default 10)")
+    g.add_argument("--correct", action="store_true", help="correctly classified images instead")
+    g.add_argument("--index", type=int, nargs="+", default=None, help="these test images instead")
+    g.add_argument("--layer", default=None,
+                   help="embedding | transformer.layers.I | mlp_head.0 (default: the last block's output)")
+    g.add_argument("--method", default="gradcam", help="a pytorch-grad-cam method: gradcam, gradcam++, eigencam, ...")
+    g.add_argument("--out", default=None, help="default: gradcam/ beside the checkpoint")
+
+    a = sub.add_parser("attention", help="the channel-attention matrices of a test image and the positional map")
+    _data_args(a, default=None)
+    a.add_argument("--checkpoint", required=True, metavar="PATH")
+    a.add_argument("--index", type=int, required=True, help="test image index")
+    a.add_argument("--out", default=None, help="default: attention/ beside the checkpoint")
     return parser
 
 
@@ -293,6 +347,10 @@ def main(argv=None):
             return train_command(args)
         if args.command == "evaluate":
             return evaluate_command(args)
+        if args.command == "gradcam":
+            return gradcam_command(args)
+        if args.command == "attention":
+            return attention_command(args)
     except UsageError as e:
         print(f"convvit: error: {e}", file=sys.stderr)
         return 2

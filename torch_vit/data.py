@@ -8,13 +8,13 @@ split, from torchvision's CIFAR-10, from an image folder (decoded once, then cac
 
 import hashlib
 import os
-import tempfile
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 
-from .augment import CIFAR10_MEAN, CIFAR10_STD  # noqa: F401  (re-exported for loaders' users)
+from numpy_vit.io import atomic_write
+
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".ppm", ".gif", ".tif", ".tiff", ".webp")
 
@@ -112,10 +112,7 @@ def load_imagefolder(root, size=(32, 32), cache_dir=None, progress=True):
     tx, ty = _decode(train_files, size, progress, "decoding train")
     vx, vy = _decode(test_files, size, progress, "decoding test")
     os.makedirs(cache_dir, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=cache_dir, prefix=".tmp-")
-    with os.fdopen(fd, "wb") as f:
-        torch.save(dict(train_x=tx, train_y=ty, test_x=vx, test_y=vy), f)
-    os.replace(tmp, cache)
+    atomic_write(cache, lambda f: torch.save(dict(train_x=tx, train_y=ty, test_x=vx, test_y=vy), f))
     return Data(tx, ty, vx, vy, classes, f"imagefolder:{root}")
 
 

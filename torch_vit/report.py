@@ -3,22 +3,21 @@ torch on every test image, and the pictures (curves.png, confusion.png), each wr
 
 import json
 import os
-import tempfile
 import time
 
 import numpy as np
 import torch
 
 import numpy_vit
+from numpy_vit.io import atomic_write
 
 from .augment import normalize
 
 
-def _savefig(fig, path):
-    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(os.path.abspath(path)), prefix=".tmp-", suffix=".png")
-    os.close(fd)
-    fig.savefig(tmp, dpi=120, bbox_inches="tight")
-    os.replace(tmp, path)
+def save_png(fig, path, dpi=120):
+    """Save a matplotlib figure as a PNG, atomically (the folder is created if need be)."""
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=dpi, bbox_inches="tight"), suffix=".png")
 
 
 def plot_curves(history, path):
@@ -40,7 +39,7 @@ def plot_curves(history, path):
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.grid(alpha=0.3)
         ax.legend()
-    _savefig(fig, path)
+    save_png(fig, path)
     plt.close(fig)
 
 
@@ -60,7 +59,7 @@ def plot_confusion(confusion, classes, path, title):
         for j in range(len(classes)):
             ax.text(j, i, int(confusion[i, j]), ha="center", va="center", fontsize=7,
                     color="white" if confusion[i, j] > confusion.max() / 2 else "black")
-    _savefig(fig, path)
+    save_png(fig, path)
     plt.close(fig)
 
 

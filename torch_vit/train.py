@@ -12,13 +12,14 @@ import dataclasses
 import json
 import math
 import os
-import tempfile
 import time
 from dataclasses import dataclass, field
 
 import numpy as np
 import torch
 import torch.nn.functional as F
+
+from numpy_vit.io import atomic_write
 
 from .augment import CIFAR10_MEAN, CIFAR10_STD, Augment, normalize
 from .checkpoint import CONFIG_KEYS, load_checkpoint, save_checkpoint
@@ -114,12 +115,7 @@ def augmenter(cfg):
 
 
 def _write_atomic(path, text):
-    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(os.path.abspath(path)), prefix=".tmp-")
-    with os.fdopen(fd, "w") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    atomic_write(path, lambda f: f.write(text), binary=False)
 
 
 def _epoch_generator(seed, epoch):

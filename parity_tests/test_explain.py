@@ -1,0 +1,82 @@
+"""convvit gradcam and convvit attention on a model and data the test makes: the pictures are real
+PNGs, NumPy agrees with torch and pytorch-grad-cam, and bad input is one line (status 2)."""
+
+import subprocess
+import sys
+
+import pytest
+import torch
+from PIL import Image
+
+import torch_vit
+from torch_vit import data as data_mod
+from torch_vit.explain import attention, gradcam
+from torch_vit.train import make_config, train
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    out = tmp_path_factory.mktemp("run")
+    cfg = make_config("default", epochs=1, seed=0)
+    data = data_mod.make_synthetic(600, 200)
+    model, _ = train(cfg, data, str(out), progress=False, log=lambda *a: None, device="cpu")
+    return model, cfg, data, out
+
+
+def _png(path, min_w, min_h):
+    with Image.open(path) as im:
+        assert im.format == "PNG" and im.size[0] >= min_w and im.size[1] >= min_h, (path, im.size)
+
+
+def test_gradcam_misclassified_and_correct(trained, tmp_path):
+    model, cfg, data, _ = trained
+    logs = []
+    rows = gradcam(model, data, cfg, str(tmp_path), n=4, log=logs.append)
+    assert len(rows) == 4 and all(r["label"] != r["pred"] for r in rows)
+    assert [r["index"] for r in rows] == sorted(r["index"] for r in rows)
+    assert all(r["cam_true"].shape == (32, 32) and 0 <= r["cam_true"].min() and r["cam_true"].max() <= 1 for r in rows)
+    assert any("largest difference" in line for line in logs)
+    _png(tmp_path / "gradcam.png", 600, 4 * 120)
+    for r in rows:
+        _png(tmp_path / f"gradcam_{r['index']}.png", 600, 150)
+    right = gradcam(model, data, cfg, str(tmp_path / "ok"), n=2, correct=True, layer="transformer.layers.0",
+                    log=lambda *a: None)
+    assert all(r["label"] == r["pred"] for r in right)
+    chosen = gradcam(model, data, cfg, str(tmp_path / "idx"), indices=[5, 1], method="gradcam++", log=lambda *a: None)
+    assert [r["index"] for r in chosen] == [5, 1]
+
+
+def test_attention_command_pictures_and_entropy(trained, tmp_path):
+    model, cfg, data, _ = trained
+    logs = []
+    maps = attention(model, data, cfg, str(tmp_path), index=7, log=logs.append)
+    assert len(maps) == 4 and maps[0].shape == (4, 8, 8)
+    assert sum(line.startswith("  block ") for line in logs) == 4
+    assert float(logs[-1].split()[-1]) < 1e-5  # NumPy against torch
+    _png(tmp_path / "attention_7.png", 500, 500)
+    _png(tmp_path / "positional.png", 300, 300)
+
+
+def cli(*args):
+    return subprocess.run([sys.executable, "-m", "torch_vit.cli", *args], capture_output=True, text=True, timeout=120)
+
+
+@pytest.mark.parametrize("args, expected", [
+    (["gradcam", "--layer", "transformer.layers.9"], "layer"),
+    (["gradcam", "--method", "magic"], "--method: expected one of gradcam"),
+    (["attention", "--index", "100000"], "--index: expected 0 to 499, got 100000"),
+])
+def test_bad_input_is_one_line(trained, args, expected):
+    _, _, _, out = trained
+    r = cli(*args, "--checkpoint", str(out / "checkpoint.pt"), "--no-progress", "--out", str(out / "x"))
+    assert r.returncode == 2, r.stdout + r.stderr
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and expected in lines[0], r.stderr
+
+
+def test_checkpoint_of_another_shape_is_one_line(tmp_path):
+    t = torch_vit.ViT(16, 2, 3, 16, 1, 8, num_classes=4)
+    torch_vit.save_checkpoint(t, tmp_path / "c.pt")
+    r = cli("gradcam", "--checkpoint", str(tmp_path / "c.pt"), "--data", "synthetic", "--no-progress")
+    assert r.returncode == 2
+    assert "--data: the checkpoint has 4 classes, the data 10" in r.stderr and len(r.stderr.strip().splitlines()) == 1
