@@ -5,7 +5,6 @@ import subprocess
 import sys
 
 import pytest
-import torch
 from PIL import Image
 
 import torch_vit

@@ -20,8 +20,7 @@ import numpy as np
 import pytest
 import torch
 
-import pytorch_grad_cam  # noqa: F401,E402  (a dependency of the torch extra: missing is a failure, not a skip)
-import cv2  # noqa: E402
+import cv2  # noqa: E402  (grad-cam, a dependency of the torch extra, brings it)
 from pytorch_grad_cam import GradCAM  # noqa: E402
 from pytorch_grad_cam.utils.image import scale_cam_image as library_scale_cam_image  # noqa: E402
 from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget  # noqa: E402
