@@ -36,7 +36,7 @@ import numpy as np
 
 from .model import ViT
 
-__all__ = ["grad_cam", "layer_names", "resize_bilinear", "scale_cam_image"]
+__all__ = ["grad_cam", "layer_names", "resize_bilinear", "resolve_layer", "scale_cam_image"]
 
 
 def layer_names(model):
@@ -46,7 +46,9 @@ def layer_names(model):
             + ["transformer", "mlp_head.0"])
 
 
-def _resolve_layer(model, layer):
+def resolve_layer(model, layer):
+    """The canonical layer name (None -> "transformer"); anything unknown raises one ValueError line.
+    Works for the torch twin too (it only reads ``model.transformer.layers``)."""
     if layer is None:
         return "transformer"
     valid = layer_names(model)
@@ -193,7 +195,7 @@ def grad_cam(model, images, target_classes, layer=None, return_raw=False):
     Returns: cams, or (cams, extras) with ``return_raw``.
     """
     targets = _check_inputs(model, images, target_classes)
-    layer = _resolve_layer(model, layer)
+    layer = resolve_layer(model, layer)
     transformer = model.transformer
 
     tap = None

@@ -48,14 +48,20 @@ def _positive_int(text):
     return value
 
 
-def _fraction(text):
-    try:
-        value = float(text)
-    except ValueError:
-        value = math.nan
-    if not (0.0 <= value <= 1.0):  # NaN fails too
-        raise argparse.ArgumentTypeError(f"expected a finite number in [0, 1], got {text!r}")
-    return value
+def _float_in(lo, hi, what):
+    def parse(text):
+        try:
+            value = float(text)
+        except ValueError:
+            value = math.nan
+        if not (lo <= value <= hi and math.isfinite(value)):  # NaN fails too
+            raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}")
+        return value
+    return parse
+
+
+_fraction = _float_in(0.0, 1.0, "a finite number in [0, 1]")
+_nonneg_float = _float_in(0.0, math.inf, "a finite number >= 0")
 
 
 def _fd_rows(model, x, labels, label_smoothing, rng, count):
@@ -159,16 +165,6 @@ def _tuple_or_none(kind, n):
             raise argparse.ArgumentTypeError(f"expected {n} comma-separated numbers or 'none', got {text!r}")
         return values
     return parse
-
-
-def _nonneg_float(text):
-    try:
-        value = float(text)
-    except ValueError:
-        value = math.nan
-    if not (value >= 0 and math.isfinite(value)):
-        raise argparse.ArgumentTypeError(f"expected a finite number >= 0, got {text!r}")
-    return value
 
 
 def _data_args(p, default="synthetic"):

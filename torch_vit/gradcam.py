@@ -29,7 +29,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from numpy_vit.gradcam import layer_names
+from numpy_vit.gradcam import resolve_layer
 
 from .augment import CIFAR10_MEAN, CIFAR10_STD, normalize
 
@@ -56,16 +56,6 @@ def _cam_class(method):
     import pytorch_grad_cam
 
     return getattr(pytorch_grad_cam, METHODS[method])
-
-
-def resolve_layer(model, layer):
-    """The canonical layer name: None -> "transformer"; anything unknown raises one ValueError line."""
-    if layer is None:
-        return "transformer"
-    valid = layer_names(model)
-    if not isinstance(layer, str) or layer not in valid:
-        raise ValueError(f"grad_cam layer: expected None or one of {', '.join(valid)}; got {layer!r}")
-    return layer
 
 
 @contextlib.contextmanager

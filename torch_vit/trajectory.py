@@ -1,0 +1,83 @@
+"""Trajectory parity: N steps of NumPy training against N steps of torch training from the same
+initial weights on the same batches (AdamW, global-norm clipping, the seed's piecewise-linear
+schedule stepped per batch, label smoothing), compared after every step: the loss, and every
+weight by name. A failure names the first step and the first tensor where the two part."""
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+import numpy_vit
+from numpy_vit.optim import AdamW, clip_grad_norm, piecewise_linear
+
+from .model import ViT
+from .parity import TORCH_DTYPE, compare
+
+# Bounds held after every step (README, "Training the NumPy model"): relative to each tensor's
+# largest entry, as in torch_vit.parity.
+TRAJECTORY_BOUNDS = {np.dtype(np.float64): 1e-9, np.dtype(np.float32): 1e-3}
+
+
+@dataclass
+class Trajectory:
+    losses: list  # (numpy loss, torch loss) per step
+    worst: list  # per step, the worst max_rel over the loss and all weights after that step
+    first_failure: str  # "" when every step stayed within the bound
+    final_rows: list  # Rows of every weight after the last step
+
+    @property
+    def ok(self):
+        return not self.first_failure
+
+
+def run_trajectory(config, steps=100, dtype=np.float64, seed=0, batch=8, lr=0.01, weight_decay=0.01,
+                   betas=(0.9, 0.999), clip=1.0, label_smoothing=0.1, steps_per_epoch=10):
+    """Train both models ``steps`` steps on random N(0, 1) batches; the schedule treats every
+    ``steps_per_epoch`` steps as an epoch of a run of steps / steps_per_epoch epochs."""
+    dtype = np.dtype(dtype)
+    bound = TRAJECTORY_BOUNDS[dtype]
+    torch.manual_seed(seed)
+    t = ViT(**config).to(TORCH_DTYPE[dtype])
+    m = numpy_vit.ViT(**config, dtype=dtype)
+    m.load_state_dict(t.state_dict())
+    opt_t = torch.optim.AdamW(t.parameters(), lr=lr, betas=betas, weight_decay=weight_decay)
+    opt_n = AdamW(dict(m.named_parameters()), lr=lr, betas=betas, weight_decay=weight_decay)
+    epochs = steps / steps_per_epoch
+    points, values = [0, epochs * 2 // 5, epochs * 4 // 5, epochs], [0, lr, lr * 0.05, 0]
+    rng = np.random.default_rng(seed)
+    h, w = m.image_size
+    losses, worst, first_failure = [], [], ""
+    for step in range(steps):
+        x = rng.standard_normal((batch, config["in_channels"], h, w)).astype(dtype)
+        y = rng.integers(0, config["num_classes"], batch)
+        step_lr = piecewise_linear((step + 1) / steps_per_epoch, points, values)
+        opt_n.lr = step_lr
+        for group in opt_t.param_groups:
+            group["lr"] = step_lr
+
+        logits = m.forward(x)
+        loss_n, dlogits = numpy_vit.cross_entropy(logits, y, label_smoothing)
+        m.backward(dlogits)
+        grads = m.grads
+        clip_grad_norm(grads, clip)
+        opt_n.step(grads)
+
+        loss_t = F.cross_entropy(t(torch.from_numpy(x)), torch.from_numpy(y), label_smoothing=label_smoothing)
+        opt_t.zero_grad()
+        loss_t.backward()
+        torch.nn.utils.clip_grad_norm_(t.parameters(), clip)
+        opt_t.step()
+
+        losses.append((float(loss_n), loss_t.item()))
+        rows = [compare("loss", loss_n, loss_t.detach())]
+        rows += [compare(name, m_p, t_p.detach()) for (name, m_p), t_p
+                 in zip(m.named_parameters(), t.parameters())]
+        for r in rows:
+            r.bound = bound
+        worst.append(max(r.max_rel for r in rows))
+        bad = [r for r in rows if not r.max_rel <= bound]
+        if bad and not first_failure:
+            first_failure = f"step {step}: " + bad[0].message()
+    return Trajectory(losses, worst, first_failure, rows[1:])
