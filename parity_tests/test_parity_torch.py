@@ -1,6 +1,6 @@
 """NumPy against torch autograd, part by part and for the whole model with its loss: the forward
 output and every gradient (input and each parameter, by state-dict name) on the same weights, with
-a random upstream gradient, in float64 (bound 1e-10 relative) and float32 (bound 1e-4 relative);
+a random upstream gradient, in float64 (bound 1e-10 relative) and float32 (bound 3e-4 relative);
 see torch_vit/parity.py for the error measure and the one floor.
 
 Hypothesis draws the configuration (batch from 1, one head or several, head_channels equal to the
@@ -132,7 +132,7 @@ def test_vit_with_loss(dtype, cfg, depth, num_classes, label_smoothing, scale, l
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("label_smoothing", [0.0, 0.1])
 def test_seed_model(dtype, label_smoothing):
-    """The seed configuration itself, batch 8: every one of its 54 gradients and the loss."""
+    """The seed configuration itself, batch 8: all 71 parameter gradients, the input gradient, the logits and the loss."""
     rng = np.random.default_rng(0)
     m = nv.ViT(32, 2, 3, 32, 4, 8, dtype=dtype, rng=rng)
     t = to_torch(m, tv.ViT(32, 2, 3, 32, 4, 8))

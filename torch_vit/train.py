@@ -13,7 +13,7 @@ import json
 import math
 import os
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -65,7 +65,6 @@ class TrainConfig:
     recipe: str = "default"
     data: str = "synthetic"
     amp: bool = False  # bfloat16 autocast (CUDA only)
-    extra: dict = field(default_factory=dict)
 
     def schedule(self):
         peak = self.epochs * 2 // 5 if self.peak_epoch is None else self.peak_epoch
@@ -180,7 +179,7 @@ def train(cfg, data, out, resume=False, device=None, progress=True, log=print, s
         g = _epoch_generator(cfg.seed, epoch)
         perm = torch.randperm(n, generator=g).to(device)
         model.train()
-        seen = correct = 0
+        seen = 0
         loss_sum = torch.zeros((), device=device)
         correct_t = torch.zeros((), device=device, dtype=torch.int64)
         bar = tqdm(range(steps), desc=f"epoch {epoch}", unit="batch", leave=False, disable=not progress,

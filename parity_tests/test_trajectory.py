@@ -1,0 +1,37 @@
+"""Trajectory parity: NumPy training (numpy_vit.optim) against torch training, step by step, from the
+same weights on the same batches, with AdamW, clipping, the seed's schedule and label smoothing."""
+
+import numpy as np
+
+import numpy_vit.optim
+from torch_vit.trajectory import TRAJECTORY_BOUNDS, run_trajectory
+
+SMALL = dict(image_size=(8, 12), patch_size=2, in_channels=3, embedding_dim=16, depth=2, head_channels=8,
+             num_classes=5)
+
+
+def test_float64_trajectory_holds_1e_9_for_30_steps():
+    tr = run_trajectory(SMALL, steps=30, dtype=np.float64, batch=4, lr=0.003, steps_per_epoch=5)
+    assert tr.ok, tr.first_failure
+    assert max(tr.worst) <= TRAJECTORY_BOUNDS[np.dtype(np.float64)]
+    losses = np.array(tr.losses)
+    assert np.abs(losses[:, 0] - losses[:, 1]).max() <= 1e-12 * np.abs(losses[:, 1]).max()
+    assert losses[-1, 1] != losses[0, 1]  # it trained
+
+
+def test_a_wrong_optimizer_is_named_at_its_first_step(monkeypatch):
+    """AdamW with its weight decay off by 0.1%: the trajectories part at step 0, and the failure
+    says so and names the tensor."""
+    real = numpy_vit.optim.AdamW.step
+
+    def decay_off_by_a_thousandth(self, grads):
+        self.weight_decay *= 1.001
+        try:
+            real(self, grads)
+        finally:
+            self.weight_decay /= 1.001
+
+    monkeypatch.setattr(numpy_vit.optim.AdamW, "step", decay_off_by_a_thousandth)
+    tr = run_trajectory(SMALL, steps=3, dtype=np.float64, batch=2, lr=0.003, steps_per_epoch=3)
+    assert not tr.ok
+    assert tr.first_failure.startswith("step 0: ") and "max |numpy - torch|" in tr.first_failure
