@@ -36,7 +36,7 @@ import numpy as np
 
 from .model import ViT
 
-__all__ = ["grad_cam", "layer_names", "resize_bilinear", "resolve_layer", "scale_cam_image"]
+__all__ = ["check_targets", "grad_cam", "layer_names", "resize_bilinear", "resolve_layer", "scale_cam_image"]
 
 
 def layer_names(model):
@@ -136,16 +136,21 @@ def _check_inputs(model, images, target_classes):
         raise ValueError(f"grad_cam images: expected an array (B, {c}, {H}, {W}) with B >= 1, got {shape}")
     if images.dtype != model.dtype:
         raise TypeError(f"grad_cam images: expected dtype {model.dtype} (the model's), got {images.dtype}")
+    return check_targets(target_classes, images.shape[0], model.config["num_classes"])
+
+
+def check_targets(target_classes, batch, num_classes):
+    """``batch`` class indices in [0, num_classes) as an int64 array (one int is repeated), else one
+    ValueError line naming the bad ones. Both GradCAM sides check their targets with it."""
     targets = np.asarray(target_classes)
     if targets.ndim == 0:
-        targets = np.full(images.shape[0], targets)
-    k = model.config["num_classes"]
-    if targets.shape != (images.shape[0],) or targets.dtype.kind not in "iu":
-        raise ValueError(f"grad_cam target_classes: expected {images.shape[0]} integer classes (one per "
+        targets = np.full(batch, targets)
+    if targets.shape != (batch,) or targets.dtype.kind not in "iu":
+        raise ValueError(f"grad_cam target_classes: expected {batch} integer classes (one per "
                          f"image), got {targets.dtype} array of shape {targets.shape}")
-    bad = (targets < 0) | (targets >= k)
+    bad = (targets < 0) | (targets >= num_classes)
     if bad.any():
-        raise ValueError(f"grad_cam target_classes: expected classes in [0, {k}), got "
+        raise ValueError(f"grad_cam target_classes: expected classes in [0, {num_classes}), got "
                          f"{targets[bad].tolist()} at images {np.flatnonzero(bad).tolist()}")
     return targets.astype(np.int64)
 

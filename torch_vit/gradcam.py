@@ -29,6 +29,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from numpy_vit.gradcam import check_targets as np_check_targets
 from numpy_vit.gradcam import resolve_layer
 
 from .augment import CIFAR10_MEAN, CIFAR10_STD, normalize
@@ -101,19 +102,11 @@ def _check_images(model, images):
 
 
 def check_targets(target_classes, batch, num_classes):
-    """B ints in [0, num_classes) as a list (one int is repeated B times); else one ValueError line.
-    (pytorch-grad-cam's context manager swallows an IndexError, so a bad class must not reach it.)"""
-    t = np.asarray(target_classes.cpu() if isinstance(target_classes, torch.Tensor) else target_classes)
-    if t.ndim == 0:
-        t = np.full(batch, t)
-    if t.shape != (batch,) or t.dtype.kind not in "iu":
-        raise ValueError(f"grad_cam target_classes: expected {batch} integer classes (one per image), "
-                         f"got {t.dtype} array of shape {t.shape}")
-    bad = (t < 0) | (t >= num_classes)
-    if bad.any():
-        raise ValueError(f"grad_cam target_classes: expected classes in [0, {num_classes}), got "
-                         f"{t[bad].tolist()} at images {np.flatnonzero(bad).tolist()}")
-    return [int(v) for v in t]
+    """numpy_vit.gradcam.check_targets as a list of ints, tensors accepted. (pytorch-grad-cam's
+    context manager swallows an IndexError, so a bad class must not reach it.)"""
+    if isinstance(target_classes, torch.Tensor):
+        target_classes = target_classes.cpu().numpy()
+    return [int(v) for v in np_check_targets(target_classes, batch, num_classes)]
 
 
 def torch_grad_cam(model, images, target_classes, layer=None, method="gradcam", return_raw=False,
