@@ -27,6 +27,7 @@ from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget  # noqa:
 
 import numpy_vit as nv  # noqa: E402
 import torch_vit.model as tv  # noqa: E402
+from torch_vit.checkpoint import numpy_twin  # noqa: E402
 from numpy_vit.gradcam import resize_bilinear, scale_cam_image  # noqa: E402
 from torch_vit.augment import normalize  # noqa: E402
 from torch_vit.data import make_synthetic  # noqa: E402
@@ -36,11 +37,6 @@ CONFIG = (16, 2, 3, 16, 2, 8)  # image 16, patch 2 (8 x 8 grid), 16 channels, de
 RAW_REL = {np.float64: 1e-5, np.float32: 1e-5}
 CAM_ABS = {np.float64: 1e-5, np.float32: 1e-5}
 LAYERS = [None, "embedding", "transformer.layers.0", "mlp_head.0"]
-
-
-def _numpy_twin(torch_model, dtype):
-    m = nv.ViT(*CONFIG, dtype=dtype, rng=0)
-    return m.load_state_dict({k: v.detach().numpy() for k, v in torch_model.state_dict().items()})
 
 
 @pytest.fixture(scope="module")
@@ -89,7 +85,7 @@ def test_numpy_grad_cam_equals_library(weights, layer, batch, target, dtype, dat
     classes = labels if target == "true" else predicted
 
     lib, lib_extras = torch_grad_cam(model, x, classes, layer=layer, return_raw=True)
-    mine, extras = nv.grad_cam(_numpy_twin(model, dtype), x.numpy().astype(dtype), classes, layer=layer,
+    mine, extras = nv.grad_cam(numpy_twin(model, dtype), x.numpy().astype(dtype), classes, layer=layer,
                                return_raw=True)
 
     assert mine.shape == lib.shape == (batch, 16, 16) and mine.dtype == lib.dtype == np.float32
@@ -141,7 +137,7 @@ def test_raw_equals_the_library_internals(random_model, data):
 
 def test_numpy_head_gradient_is_the_class_activation_map(trained_model, data):
     x, labels = _images(data, 3)
-    m = _numpy_twin(trained_model, np.float64)
+    m = numpy_twin(trained_model, np.float64)
     cams, e = nv.grad_cam(m, x.numpy().astype(np.float64), labels, layer="mlp_head.0", return_raw=True)
     W, bias = m.mlp_head[3]._params["weight"], m.mlp_head[3]._params["bias"]
     A = e["activations"]
@@ -201,7 +197,7 @@ def test_blank_maps_are_zero_and_flagged(case, data):
     x, _ = _images(data, 2)
     classes = [0, 0]
     lib, le = torch_grad_cam(model, x, classes, layer="mlp_head.0", return_raw=True)
-    mine, e = nv.grad_cam(_numpy_twin(model, np.float64), x.numpy().astype(np.float64), classes,
+    mine, e = nv.grad_cam(numpy_twin(model, np.float64), x.numpy().astype(np.float64), classes,
                           layer="mlp_head.0", return_raw=True)
     # the library turns both into all-zero maps, not NaN: (0 - 0) / (1e-7 + 0) = 0
     assert np.array_equal(lib, np.zeros_like(lib)) and np.array_equal(mine, np.zeros_like(mine))
@@ -296,7 +292,7 @@ def test_tap_hook_removed_after_an_error(random_model, data):
 
 def test_numpy_taps_are_removed(data):
     torch.manual_seed(0)
-    m = _numpy_twin(tv.ViT(*CONFIG), np.float64)
+    m = numpy_twin(tv.ViT(*CONFIG), np.float64)
     x = normalize(data.test_x[:2]).numpy().astype(np.float64)
     before = m.forward(x)
     for layer in LAYERS + ["transformer", "transformer.layers.1"]:
@@ -360,7 +356,7 @@ def test_find_images_explicit_indices(trained_model, data):
 
 def test_unknown_layer_is_one_line_listing_the_valid_names(random_model, data):
     x, labels = _images(data, 1)
-    m = _numpy_twin(random_model, np.float64)
+    m = numpy_twin(random_model, np.float64)
     for call in (lambda: nv.grad_cam(m, x.numpy().astype(np.float64), labels, layer="transformer.layers.2"),
                  lambda: torch_grad_cam(random_model, x, labels, layer="transformer.layers.2"),
                  lambda: nv.grad_cam(m, x.numpy().astype(np.float64), labels, layer="norm")):
@@ -375,7 +371,7 @@ def test_unknown_layer_is_one_line_listing_the_valid_names(random_model, data):
 @pytest.mark.parametrize("classes", [[10], [-1], [1, 2], [1.5]])
 def test_bad_target_classes(classes, random_model, data):
     x, _ = _images(data, 1)
-    m = _numpy_twin(random_model, np.float64)
+    m = numpy_twin(random_model, np.float64)
     with pytest.raises(ValueError, match="target_classes"):
         nv.grad_cam(m, x.numpy().astype(np.float64), classes)
     with pytest.raises(ValueError, match="target_classes"):
@@ -383,7 +379,7 @@ def test_bad_target_classes(classes, random_model, data):
 
 
 def test_bad_images(random_model):
-    m = _numpy_twin(random_model, np.float64)
+    m = numpy_twin(random_model, np.float64)
     for shape in [(1, 3, 8, 8), (1, 1, 16, 16), (3, 16, 16), (0, 3, 16, 16)]:
         with pytest.raises(ValueError, match="images"):
             nv.grad_cam(m, np.zeros(shape), [0] * (shape[0] if len(shape) == 4 else 1))

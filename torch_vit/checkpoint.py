@@ -28,6 +28,12 @@ def import_npz(model, path):
     return model
 
 
+def numpy_twin(model, dtype=np.float32):
+    """The numpy_vit.ViT of the same configuration holding this torch model's weights, in ``dtype``."""
+    twin = numpy_vit.ViT(**model.config, dtype=dtype)
+    return twin.load_state_dict(model.state_dict())
+
+
 def save_checkpoint(model, path, **extra):
     """torch.save ``{"model": state_dict, "config": model.config, **extra}`` atomically: into a
     temporary file beside ``path``, renamed over it only once complete."""

@@ -14,7 +14,7 @@ import torch
 import numpy_vit
 from numpy_vit.gradcheck import fd_agrees, numerical_derivative
 
-from .checkpoint import load_checkpoint
+from .checkpoint import load_checkpoint, numpy_twin
 from .model import ViT
 from .parity import BOUNDS, model_rows, to_torch
 
@@ -108,20 +108,18 @@ def check(args, out=None):
         source = f"random weights, --seed {args.seed}"
     torch_model.eval()
     config = torch_model.config
-    state = {k: v.detach().double().numpy() for k, v in torch_model.state_dict().items()}
     rng = np.random.default_rng(args.seed)
     h, w = config["image_size"]
     x64 = rng.standard_normal((args.batch, config["in_channels"], h, w))
     labels = rng.integers(0, config["num_classes"], args.batch)
-    n_params = sum(v.size for v in state.values())
+    n_params = sum(p.numel() for p in torch_model.parameters())
     print(f"convvit check: ViT{tuple(config[k] for k in ('image_size', 'patch_size', 'in_channels', 'embedding_dim', 'depth', 'head_channels', 'num_classes'))}"
           f", {n_params:,} parameters, {source}; batch {args.batch} of N(0, 1) images, "
           f"label smoothing {args.label_smoothing}", file=out)
 
     failures = total = 0
     for dtype in (np.float64, np.float32):
-        model = numpy_vit.ViT(**{k: v for k, v in config.items()}, dtype=dtype)
-        model.load_state_dict(state)
+        model = numpy_twin(torch_model, dtype)
         twin = to_torch(model, ViT(**config))
         rows = model_rows(model, twin, x64.astype(dtype), labels, args.label_smoothing)
         print(f"\n{np.dtype(dtype).name}: NumPy against torch autograd, pass when max rel <= "
@@ -135,8 +133,7 @@ def check(args, out=None):
         failures += sum(not r.ok for r in rows)
         total += len(rows)
 
-    model = numpy_vit.ViT(**config, dtype=np.float64)
-    model.load_state_dict(state)
+    model = numpy_twin(torch_model, np.float64)
     fd = _fd_rows(model, x64.copy(), labels, args.label_smoothing, rng, args.fd)
     print("\nfloat64 finite differences (NumPy only, centred, h = 1e-6), pass when "
           "|analytic - numeric| <= 1e-5 max(|a|, |n|) + 1e-8", file=out)

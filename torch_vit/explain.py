@@ -10,14 +10,9 @@ import numpy_vit
 
 from .attention import attention_maps, check_against_torch, entropy, plot_attention, plot_positional_similarity
 from .augment import normalize
+from .checkpoint import numpy_twin
 from .gradcam import METHODS, find_images, torch_grad_cam
 from .report import save_png
-
-
-def _numpy_twin(model):
-    m = numpy_vit.ViT(**model.config, dtype=np.float32)
-    m.load_state_dict(model.state_dict())
-    return m
 
 
 def _panel(ax, image, cam, zero, title):
@@ -69,7 +64,7 @@ def gradcam(model, data, cfg, out, n=10, correct=False, indices=None, layer=None
     idx = torch.from_numpy(found.indices)
     x = normalize(data.test_x[idx], cfg.mean, cfg.std)
     images = data.test_x[idx].permute(0, 2, 3, 1).numpy().astype(np.float32) / 255.0  # as they are
-    np_model = _numpy_twin(model) if method == "gradcam" else None
+    np_model = numpy_twin(model) if method == "gradcam" else None
     rows = [dict(index=int(i), label=int(l), pred=int(p), confidence=float(c), image=img)
             for i, l, p, c, img in zip(found.indices, found.labels, found.predicted, found.confidence, images)]
     worst = 0.0
@@ -101,7 +96,7 @@ def attention(model, data, cfg, out, index, log=print):
     if not 0 <= index < len(data.test_x):
         raise ValueError(f"--index: expected 0 to {len(data.test_x) - 1}, got {index}")
     model = model.cpu().float().eval()
-    np_model = _numpy_twin(model)
+    np_model = numpy_twin(model)
     image = normalize(data.test_x[index:index + 1], cfg.mean, cfg.std).numpy()
     maps = attention_maps(np_model, image)
     diff = check_against_torch(np_model, model, image)

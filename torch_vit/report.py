@@ -8,10 +8,10 @@ import time
 import numpy as np
 import torch
 
-import numpy_vit
 from numpy_vit.io import atomic_write
 
 from .augment import normalize
+from .checkpoint import numpy_twin
 
 
 def save_png(fig, path, dpi=120):
@@ -65,8 +65,7 @@ def plot_confusion(confusion, classes, path, title):
 
 def numpy_agreement(model, x_uint8, mean, std, torch_pred, batch_size=500):
     """How many images the NumPy model (float32, the torch model's weights) puts in the same class as torch."""
-    m = numpy_vit.ViT(**model.config, dtype=np.float32)
-    m.load_state_dict(model.state_dict())
+    m = numpy_twin(model, np.float32)
     same = 0
     for i in range(0, len(x_uint8), batch_size):
         xb = normalize(x_uint8[i:i + batch_size], mean, std).contiguous().numpy()

@@ -136,10 +136,11 @@ def predict(model, x_uint8, cfg, device, batch_size=None):
 
 
 def evaluate(model, data, cfg, device):
+    """Test loss and accuracy, as in the per-epoch line and metrics.jsonl."""
     logits = predict(model, data.test_x, cfg, device)
     loss = F.cross_entropy(logits, data.test_y).item()
     pred = logits.argmax(1)
-    return dict(test_loss=loss, test_acc=(pred == data.test_y).float().mean().item()), logits
+    return dict(test_loss=loss, test_acc=(pred == data.test_y).float().mean().item())
 
 
 def train(cfg, data, out, resume=False, device=None, progress=True, log=print, stop_after=None):
@@ -203,7 +204,7 @@ def train(cfg, data, out, resume=False, device=None, progress=True, log=print, s
             correct_t += (logits.argmax(1) == yb).sum()
             seen += len(idx)
         correct = int(correct_t)
-        test, _ = evaluate(model, data, cfg, device)
+        test = evaluate(model, data, cfg, device)
         row = dict(epoch=epoch, train_loss=loss_sum.item() / seen, train_acc=correct / seen, **test,
                    lr=lr, time=time.perf_counter() - started)
         history.append(row)

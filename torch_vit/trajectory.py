@@ -12,6 +12,7 @@ import torch.nn.functional as F
 import numpy_vit
 from numpy_vit.optim import AdamW, clip_grad_norm, piecewise_linear
 
+from .checkpoint import numpy_twin
 from .model import ViT
 from .parity import TORCH_DTYPE, compare
 
@@ -40,8 +41,7 @@ def run_trajectory(config, steps=100, dtype=np.float64, seed=0, batch=8, lr=0.01
     bound = TRAJECTORY_BOUNDS[dtype]
     torch.manual_seed(seed)
     t = ViT(**config).to(TORCH_DTYPE[dtype])
-    m = numpy_vit.ViT(**config, dtype=dtype)
-    m.load_state_dict(t.state_dict())
+    m = numpy_twin(t, dtype)
     opt_t = torch.optim.AdamW(t.parameters(), lr=lr, betas=betas, weight_decay=weight_decay)
     opt_n = AdamW(dict(m.named_parameters()), lr=lr, betas=betas, weight_decay=weight_decay)
     epochs = steps / steps_per_epoch
