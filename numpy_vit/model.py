@@ -79,8 +79,9 @@ class Embedding(Module):
         check_input(x, "Embedding", self.in_channels, self.dtype,
                     (self.reduced_size[0] * p, self.reduced_size[1] * p))
         self._cache = True
-        x = self.patch(x)  # (B, C, H, W)
-        return self._remember(x + self._params["pos_embedding"])
+        x = self.patch(x)  # (B, C, H, W), channels-last in memory (see Conv2d)
+        x += self._params["pos_embedding"]  # in place, which keeps that layout
+        return self._remember(x)
 
     def backward(self, dout):
         self._check_dout(dout)
@@ -294,7 +295,7 @@ class ViT(Module):
         self._cache = True
         x = self.embedding(x)  # (B, C, H/p, W/p)
         x = self.transformer(x)  # (B, C, H/p, W/p)
-        x = self.norm(x)  # the seed's transpose(1, -1), LayerNorm(C), transpose(-1, 1)
+        x = self.norm(x)  # LayerNorm over the channels at every position
         return self._remember(self.mlp_head(x))  # (B, num_classes)
 
     def backward(self, dlogits):

@@ -13,7 +13,7 @@ import math
 
 import numpy as np
 
-from .erf import erf
+from .erf import SLICE, _erf, _erfc_single
 
 FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
 
@@ -155,12 +155,40 @@ def _uniform(rng, bound, shape, dtype):
     return rng.uniform(-bound, bound, size=shape).astype(dtype)
 
 
+def rows(x):
+    """(B, C, H, W) -> (B*H*W, C): one row of channels per position. A view, no copy, when x's memory
+    is channels-last, as every Conv2d output is."""
+    return x.transpose(0, 2, 3, 1).reshape(-1, x.shape[1])
+
+
+def maps(x_rows, shape):
+    """The inverse of ``rows``: (B*H*W, C) -> (B, C, H, W), a channels-last view."""
+    B, C, H, W = shape
+    return x_rows.reshape(B, H, W, C).transpose(0, 3, 1, 2)
+
+
+def mean_rows(x_rows):
+    """(M, C) -> (M,): the mean of each row, as a matrix-vector product (NumPy's reductions over
+    short rows are ten times slower)."""
+    return x_rows @ np.full(x_rows.shape[1], 1.0 / x_rows.shape[1], x_rows.dtype)
+
+
+def sum_cols(x_rows):
+    """(M, C) -> (C,): the sum of each column, as a vector-matrix product."""
+    return np.ones(x_rows.shape[0], x_rows.dtype) @ x_rows
+
+
 class Conv2d(Module):
     """A convolution whose kernel equals its stride and has no padding: the 1x1 convolutions of the
     attention and the MLP (kernel_size=1) and the patch embedding (kernel_size=patch size).
-
-    Non-overlapping windows make it a matrix product: each output position sees one patch.
+    Non-overlapping windows make it one matrix product: each output position sees one patch.
     weight (C_out, C_in, p, p), bias (C_out,). Initialised as torch does (uniform, bound 1/sqrt(fan_in)).
+
+    Memory layout: the output is an ordinary (B, C_out, h, w) array whose memory is channels-last
+    (B, h, w, C_out), as torch's ``channels_last`` format. Then every position's channels are one row
+    of a (B*h*w, C) matrix, so forward and both gradients are single matrix products with no copy, and
+    the next 1x1 convolution reads its input as such a matrix for free. Values do not depend on the
+    layout; any (B, C, H, W) input works.
     """
 
     def __init__(self, in_channels, out_channels, kernel_size=1, *, dtype=np.float32, rng=None):
@@ -178,35 +206,38 @@ class Conv2d(Module):
         B, C, H, W = x.shape
         h, w = H // p, W // p
         if p == 1:
-            cols = x.reshape(B, C, h * w)  # (B, C_in, N)
+            cols = rows(x)  # (B*N, C_in)
         else:
             cols = (x.reshape(B, C, h, p, w, p)
-                    .transpose(0, 1, 3, 5, 2, 4)  # (B, C_in, p, p, h, w)
-                    .reshape(B, C * p * p, h * w))  # (B, C_in*p*p, N)
-        out = weight.reshape(c_out, -1) @ cols + bias[:, None]  # (B, C_out, N)
+                    .transpose(0, 2, 4, 1, 3, 5)  # (B, h, w, C_in, p, p)
+                    .reshape(B * h * w, C * p * p))  # (B*N, C_in*p*p), one patch per row
+        out = cols @ weight.reshape(c_out, -1).T  # (B*N, C_out)
+        out += bias
         self._cache = (cols, x.shape)
-        return out.reshape(B, c_out, h, w)
+        return maps(out, (B, c_out, h, w))  # (B, C_out, h, w), channels-last
 
     def backward(self, dout):
         cols, x_shape = self._saved()
         weight, p = self._params["weight"], self.kernel_size
         c_out = weight.shape[0]
         B, C, H, W = x_shape
-        d = dout.reshape(B, c_out, -1)  # (B, C_out, N)
-        self._grads["weight"] = np.tensordot(d, cols, axes=([0, 2], [0, 2])).reshape(weight.shape)
-        self._grads["bias"] = d.sum(axis=(0, 2))
-        dcols = weight.reshape(c_out, -1).T @ d  # (B, C_in*p*p, N)
+        d = rows(dout)  # (B*N, C_out)
+        self._grads["weight"] = (d.T @ cols).reshape(weight.shape)  # (C_out, C_in*p*p)
+        self._grads["bias"] = sum_cols(d)
+        dcols = d @ weight.reshape(c_out, -1)  # (B*N, C_in*p*p)
         if p == 1:
-            return dcols.reshape(x_shape)
-        return (dcols.reshape(B, C, p, p, H // p, W // p)
-                .transpose(0, 1, 4, 2, 5, 3)  # (B, C_in, h, p, w, p)
+            return maps(dcols, x_shape)  # (B, C_in, H, W), channels-last
+        return (dcols.reshape(B, H // p, W // p, C, p, p)
+                .transpose(0, 3, 1, 4, 2, 5)  # (B, C_in, h, p, w, p)
                 .reshape(x_shape))
 
 
 class LayerNorm(Module):
     """LayerNorm over the channel axis of an NCHW map: what the seed gets from
-    ``x.transpose(1, -1)``, ``nn.LayerNorm(C)``, ``transpose(-1, 1)``, done in place on axis 1.
-    Biased variance, eps inside the square root, as torch. weight and bias: (C,)."""
+    ``x.transpose(1, -1)``, ``nn.LayerNorm(C)``, ``transpose(-1, 1)`` (torch_vit's
+    ``channels_layer_norm``). The work is done on the
+    (B*H*W, C) matrix of ``rows(x)``, normalising each row. Biased variance, eps inside the square
+    root, as torch. weight and bias: (C,)."""
 
     def __init__(self, channels, eps=1e-5, *, dtype=np.float32):
         super().__init__()
@@ -216,23 +247,24 @@ class LayerNorm(Module):
 
     def forward(self, x):
         g, b = self._params["weight"], self._params["bias"]
-        mu = x.mean(axis=1, keepdims=True)  # (B, 1, H, W)
-        xc = x - mu
-        var = (xc * xc).mean(axis=1, keepdims=True)  # biased, as torch
-        rstd = 1.0 / np.sqrt(var + self.eps)  # (B, 1, H, W)
-        xhat = xc * rstd  # (B, C, H, W): zero mean, unit variance over C
-        self._cache = (xhat, rstd)
-        return xhat * g[:, None, None] + b[:, None, None]
+        xr = rows(x)  # (M, C), M = B*H*W
+        xc = xr - mean_rows(xr)[:, None]
+        var = mean_rows(xc * xc)[:, None]  # (M, 1), biased, as torch
+        rstd = 1.0 / np.sqrt(var + self.eps)
+        xhat = xc * rstd  # (M, C): zero mean, unit variance over C
+        self._cache = (xhat, rstd, x.shape)
+        return maps(xhat * g + b, x.shape)  # (B, C, H, W), channels-last
 
     def backward(self, dout):
-        xhat, rstd = self._saved()
+        xhat, rstd, shape = self._saved()
         g = self._params["weight"]
-        self._grads["weight"] = (dout * xhat).sum(axis=(0, 2, 3))
-        self._grads["bias"] = dout.sum(axis=(0, 2, 3))
-        dxhat = dout * g[:, None, None]
+        d = rows(dout)  # (M, C)
+        self._grads["weight"] = sum_cols(d * xhat)
+        self._grads["bias"] = sum_cols(d)
+        dxhat = d * g
         # d/dx of (x - mean) / std, projected: remove the mean and the component along xhat
-        return rstd * (dxhat - dxhat.mean(axis=1, keepdims=True)
-                       - xhat * (dxhat * xhat).mean(axis=1, keepdims=True))
+        dx = rstd * (dxhat - mean_rows(dxhat)[:, None] - xhat * mean_rows(dxhat * xhat)[:, None])
+        return maps(dx, shape)
 
 
 _SQRT1_2 = math.sqrt(0.5)
@@ -241,9 +273,19 @@ _SQRT_2_OVER_PI = math.sqrt(2.0 / math.pi)
 _KAPPA = 0.044715
 
 
+def _slices(x):
+    """Slices along axis 0 of about erf.SLICE elements each, so that elementwise work stays in cache."""
+    step = max(1, SLICE // max(1, x[0].size)) if x.ndim else 1
+    return [slice(i, i + step) for i in range(0, max(1, len(x) if x.ndim else 1), step)]
+
+
 class GELU(Module):
     """torch.nn.GELU. approximate='none': x * Phi(x) = 0.5 x (1 + erf(x / sqrt 2)) (the seed's);
-    approximate='tanh': 0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3)))."""
+    approximate='tanh': 0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3))).
+
+    Phi(x), the normal CDF: in float64, 0.5 (1 + erf(x / sqrt 2)) with Cody's erf, as torch writes it;
+    in float32, 0.5 erfc(-x / sqrt 2) with ``erfc_single``, exact to float32's own precision
+    (numpy_vit/erf.py). The work runs in slices along the batch that stay in the CPU's cache."""
 
     def __init__(self, approximate="none"):
         super().__init__()
@@ -251,23 +293,38 @@ class GELU(Module):
             raise ValueError(f"GELU approximate: expected 'none' or 'tanh', got {approximate!r}")
         self.approximate = approximate
 
-    def forward(self, x):
+    def _gate(self, x):
+        """Phi(x) (approximate='none') or tanh(sqrt(2/pi) (x + 0.044715 x^3)) ('tanh')."""
         if self.approximate == "none":
-            cdf = 0.5 * (1.0 + erf(x * _SQRT1_2))  # Phi(x)
-            self._cache = (x, cdf)
-            return x * cdf
-        t = np.tanh(_SQRT_2_OVER_PI * (x + _KAPPA * (x * x * x)))
-        self._cache = (x, t)
-        return 0.5 * x * (1.0 + t)
+            if x.dtype == np.float32:
+                return 0.5 * _erfc_single(x * np.float32(-_SQRT1_2))
+            return 0.5 * (1.0 + _erf(x * _SQRT1_2))
+        return np.tanh(_SQRT_2_OVER_PI * (x + _KAPPA * (x * x * x)))
+
+    def forward(self, x):
+        out, gate = np.empty_like(x), np.empty_like(x)
+        for s in _slices(x):
+            gate[s] = self._gate(x[s])
+            if self.approximate == "none":
+                np.multiply(x[s], gate[s], out=out[s])  # x Phi(x)
+            else:
+                out[s] = 0.5 * x[s] * (1.0 + gate[s])
+        self._cache = (x, gate)
+        return out
 
     def backward(self, dout):
-        x, s = self._saved()
-        if self.approximate == "none":
-            pdf = np.exp(-0.5 * x * x) * _INV_SQRT_2PI  # phi(x)
-            return dout * (s + x * pdf)  # d/dx x Phi(x) = Phi(x) + x phi(x)
-        # t = tanh(u), u = sqrt(2/pi) (x + k x^3), du/dx = sqrt(2/pi) (1 + 3 k x^2)
-        du = _SQRT_2_OVER_PI * (1.0 + 3.0 * _KAPPA * x * x)
-        return dout * (0.5 * (1.0 + s) + 0.5 * x * (1.0 - s * s) * du)
+        x, gate = self._saved()
+        dx = np.empty_like(x)
+        for s in _slices(x):
+            xs, gs = x[s], gate[s]
+            if self.approximate == "none":
+                pdf = np.exp(-0.5 * xs * xs) * _INV_SQRT_2PI  # phi(x)
+                dx[s] = dout[s] * (gs + xs * pdf)  # d/dx x Phi(x) = Phi(x) + x phi(x)
+            else:
+                # t = tanh(u), u = sqrt(2/pi) (x + k x^3), du/dx = sqrt(2/pi) (1 + 3 k x^2)
+                du = _SQRT_2_OVER_PI * (1.0 + 3.0 * _KAPPA * xs * xs)
+                dx[s] = dout[s] * (0.5 * (1.0 + gs) + 0.5 * xs * (1.0 - gs * gs) * du)
+        return dx
 
 
 class AdaptiveAvgPool2d(Module):

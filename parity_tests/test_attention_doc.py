@@ -112,8 +112,9 @@ def test_columns_sum_to_one_rows_do_not(block):
 
 def test_out_is_A_v_and_equals_the_input_of_unify_heads(block):
     out = np.einsum("bhij,bhjn->bhin", block["A"], block["v"])
-    before_unify = block["m"].unify_heads._saved()[0]  # Conv2d caches its input as (B, C_in, N)
-    np.testing.assert_allclose(out.reshape(before_unify.shape), before_unify, rtol=0, atol=1e-13)
+    before_unify = block["m"].unify_heads._saved()[0]  # Conv2d caches its input as rows (B*N, C_in)
+    np.testing.assert_allclose(out.reshape(2, 32, -1).transpose(0, 2, 1).reshape(-1, 32), before_unify,
+                               rtol=0, atol=1e-13)
     wu = block["m"].unify_heads._params
     y = np.einsum("oc,bcn->bon", wu["weight"][:, :, 0, 0], out.reshape(2, 32, -1)) + wu["bias"][:, None]
     np.testing.assert_allclose(y.reshape(block["y"].shape), block["y"], rtol=0, atol=1e-13)
@@ -126,7 +127,8 @@ def test_columns_conserve_the_channel_sum(block):
 
 def test_same_mix_at_every_position(block):
     A, v = block["A"], block["v"]
-    out = block["m"].unify_heads._saved()[0].reshape(v.shape)
+    cols = block["m"].unify_heads._saved()[0]  # (B*N, C): one row of channels per position
+    out = cols.reshape(2, -1, 32).transpose(0, 2, 1).reshape(v.shape)
     for n in range(v.shape[-1]):
         np.testing.assert_allclose(out[..., n], np.einsum("bhij,bhj->bhi", A, v[..., n]), rtol=0, atol=1e-13)
     # per image the whole module is one 1x1 conv: y_n = Wu blockdiag(A) (Wv x_n + bv) + bu
@@ -397,8 +399,8 @@ def _counts(h, w):
     tA = tq[:-1] + (tk[-2],)
     token1 = _macs(head(tq), T(head(tk))) + _macs(head(tA), head(tv))
     token_block = _macs(tq[1:], T(tk)[1:]) + _macs(tA[1:], tv[1:])
-    cols = blocks[0].unify_heads._saved()[0].shape  # (1, C, N)
-    convs = sum(_macs(c._params["weight"].shape[:2], cols[1:]) for c in (blocks[0].k, blocks[0].q, blocks[0].v,
+    cols = blocks[0].unify_heads._saved()[0].shape  # (N, C): one row of channels per position
+    convs = sum(_macs(c._params["weight"].shape[:2], cols[::-1]) for c in (blocks[0].k, blocks[0].q, blocks[0].v,
                                                                             blocks[0].unify_heads))
     return {
         "q k^T, one head": qk1,

@@ -80,3 +80,25 @@ def test_non_square_and_bad_configs():
         torch_vit.ViT(32, 2, 3, 30, 1, 8)
     with pytest.raises(ValueError, match=r"expected input \(B, 3, 32, 24\), got \(2, 3, 32, 32\)"):
         m(torch.zeros(2, 3, 32, 32))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("memory_format", [torch.contiguous_format, torch.channels_last])
+def test_channels_layer_norm_is_the_seeds_transpose_form(dtype, memory_format):
+    """torch_vit normalises the channels through a (B, H, W, C) permutation; the seed through
+    transpose(1, -1), i.e. (B, W, H, C). Same map, forward and backward, in either memory layout."""
+    torch.manual_seed(0)
+    norm = torch.nn.LayerNorm(6).to(dtype)
+    with torch.no_grad():
+        norm.weight.normal_(), norm.bias.normal_()
+    x = torch.randn(3, 6, 5, 4, dtype=dtype).contiguous(memory_format=memory_format).requires_grad_(True)
+    dy = torch.randn(3, 6, 5, 4, dtype=dtype)
+    ours = torch_vit.model.channels_layer_norm(norm, x)
+    seed = norm(x.transpose(1, -1)).transpose(-1, 1)
+    grads_ours = torch.autograd.grad(ours, [x, norm.weight, norm.bias], dy)
+    grads_seed = torch.autograd.grad(seed, [x, norm.weight, norm.bias], dy)
+    # the weight and bias gradients sum over the positions in another order: float32 rounding
+    tol = dict(rtol=1e-5, atol=1e-6) if dtype == torch.float32 else dict(rtol=1e-13, atol=1e-14)
+    torch.testing.assert_close(ours, seed, **tol)
+    for a, b in zip(grads_ours, grads_seed):
+        torch.testing.assert_close(a, b, **tol)

@@ -76,8 +76,16 @@ class FeedForward(nn.Module):
         return self.net(x)
 
 
+def channels_layer_norm(norm, x):
+    """LayerNorm over the channels of (B, C, H, W) at every position. The seed writes
+    ``norm(x.transpose(1, -1)).transpose(-1, 1)``; permuting to (B, H, W, C) instead is the same map
+    (each position is normalised on its own, whatever the order of the positions), and for a
+    channels-last x the permuted view is contiguous, so LayerNorm runs on it without a copy."""
+    return norm(x.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)  # (B, H, W, C) -> (B, C, H, W)
+
+
 class PreNormChannels(nn.Module):
-    """fn(LayerNorm over channels(x)): transpose the channels last, normalise, transpose back."""
+    """fn(LayerNorm over channels(x))."""
 
     def __init__(self, channels, fn):
         super().__init__()
@@ -85,10 +93,7 @@ class PreNormChannels(nn.Module):
         self.fn = fn
 
     def forward(self, x):
-        x = x.transpose(1, -1)  # (B, W, H, C)
-        x = self.lnorm(x)
-        x = x.transpose(-1, 1)  # (B, C, H, W)
-        return self.fn(x)
+        return self.fn(channels_layer_norm(self.lnorm, x))
 
 
 class Transformer(nn.Module):
@@ -150,7 +155,5 @@ class ViT(nn.Module):
             raise ValueError(f"ViT: expected input (B, {c}, {size[0]}, {size[1]}), got {tuple(x.shape)}")
         x = self.embedding(x)  # (B, C, H/p, W/p)
         x = self.transformer(x)  # (B, C, H/p, W/p)
-        x = x.transpose(1, -1)  # (B, W/p, H/p, C)
-        x = self.norm(x)
-        x = x.transpose(-1, 1)  # (B, C, H/p, W/p)
+        x = channels_layer_norm(self.norm, x)  # (B, C, H/p, W/p)
         return self.mlp_head(x)  # (B, num_classes)

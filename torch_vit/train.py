@@ -208,9 +208,10 @@ def train(cfg, data, out, resume=False, device=None, progress=True, log=print, s
         row = dict(epoch=epoch, train_loss=loss_sum.item() / seen, train_acc=correct / seen, **test,
                    lr=lr, time=time.perf_counter() - started)
         history.append(row)
-        _write_atomic(os.path.join(out, "metrics.jsonl"), "".join(json.dumps(r) + "\n" for r in history))
+        # the checkpoint first: metrics.jsonl never lists an epoch that --resume cannot find
         save_checkpoint(model, ckpt_path, optimizer=opt.state_dict(), epoch=epoch, history=history,
                         train_config=dataclasses.asdict(cfg), classes=data.classes, norm=(cfg.mean, cfg.std))
+        _write_atomic(os.path.join(out, "metrics.jsonl"), "".join(json.dumps(r) + "\n" for r in history))
         log(f"ViT: Epoch: {epoch} | Train Acc: {row['train_acc']:.4f}, Test Acc: {row['test_acc']:.4f}, "
             f"Time: {row['time']:.1f}, lr: {lr:.6f}")
         done += 1
