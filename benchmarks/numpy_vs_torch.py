@@ -11,8 +11,9 @@ training forward on both sides (NumPy always keeps what its backward needs; torc
 "fwd+bwd" adds the backward to the input and every parameter. torch runs eagerly on NCHW tensors, as
 the seed does; the whole model is also timed with torch in channels_last memory, the layout
 ``convvit train`` uses. Each measurement alternates NumPy and torch repeat by repeat, after a
-warm-up, and keeps the median. Peak memory is measured in a fresh process per side: the growth of
-the resident set (VmHWM after resetting it) over one forward+backward, after a first one.
+warm-up, and keeps the median. Peak memory is measured in a fresh process per side: the peak of
+the resident set (VmHWM, reset once the model and the batch exist) over two forward+backward steps,
+less the resident set before them.
 """
 
 import argparse
@@ -208,7 +209,7 @@ def _status_kib(field):
 
 
 def memory_child(side):
-    """Run in a fresh process: the peak resident growth of one float32 forward+backward of the model."""
+    """Run in a fresh process: the peak resident growth over float32 forward+backward steps of the model."""
     B = ARGS.memory_batch
     rng = np.random.default_rng(0)
     x = rng.standard_normal((B, 3, 32, 32)).astype(np.float32)
@@ -219,13 +220,13 @@ def memory_child(side):
     else:
         t = tv.ViT(**SEED)
         _, step = torch_steps(t, x, y, None)
-    step()  # first call: lazy initialisation, caches
     import gc
     gc.collect()
     with open("/proc/self/clear_refs", "w") as f:
         f.write("5")  # reset VmHWM, the peak resident set, to the current one
-    before = _status_kib("VmRSS")
+    before = _status_kib("VmRSS")  # the model, the batch, the libraries: no step yet
     step()
+    step()  # the second step replaces what the first one kept (NumPy's caches, torch's grads)
     peak = _status_kib("VmHWM")
     print(json.dumps(dict(side=side, batch=B, rss_before_kib=before, peak_growth_kib=peak - before)))
 

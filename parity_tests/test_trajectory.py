@@ -11,7 +11,8 @@ SMALL = dict(image_size=(8, 12), patch_size=2, in_channels=3, embedding_dim=16, 
 
 
 def test_float64_trajectory_holds_1e_9_for_30_steps():
-    tr = run_trajectory(SMALL, steps=30, dtype=np.float64, batch=4, lr=0.003, steps_per_epoch=5)
+    tr = run_trajectory(SMALL, steps=30, dtype=np.float64, batch=4, lr=0.003, steps_per_epoch=5, epochs=6,
+                        label_smoothing=0.1)
     assert tr.ok, tr.first_failure
     assert max(tr.worst) <= TRAJECTORY_BOUNDS[np.dtype(np.float64)]
     losses = np.array(tr.losses)
@@ -32,6 +33,6 @@ def test_a_wrong_optimizer_is_named_at_its_first_step(monkeypatch):
             self.weight_decay /= 1.001
 
     monkeypatch.setattr(numpy_vit.optim.AdamW, "step", decay_off_by_a_thousandth)
-    tr = run_trajectory(SMALL, steps=3, dtype=np.float64, batch=2, lr=0.003, steps_per_epoch=3)
+    tr = run_trajectory(SMALL, steps=3, dtype=np.float64, batch=2, lr=0.003, steps_per_epoch=3, epochs=1)
     assert not tr.ok
     assert tr.first_failure.startswith("step 0: ") and "max |numpy - torch|" in tr.first_failure

@@ -142,12 +142,45 @@ def check(args, out=None):
     failures += sum(not ok for *_, ok in fd)
     total += len(fd)
 
+    if args.steps:
+        for dtype in (np.float64, np.float32):
+            failures += not _trajectory_check(torch_model, dtype, args, out)
+            total += 1
+
     elapsed = time.perf_counter() - started
     if failures:
         print(f"\nFAILED: {failures} of {total} checks ({elapsed:.1f} s)", file=out)
         return 1
     print(f"\nall {total} checks passed ({elapsed:.1f} s)", file=out)
     return 0
+
+
+def _trajectory_check(torch_model, dtype, args, out):
+    """``--steps N``: N steps of NumPy training against torch training (torch_vit.trajectory),
+    printed every N/10 steps; True when every step stays within the bound."""
+    from .trajectory import TRAJECTORY_BOUNDS, run_trajectory
+
+    dtype = np.dtype(dtype)
+    every = max(1, args.steps // 10)
+    print(f"\n{dtype.name} training trajectory: {args.steps} steps of AdamW (lr 0.01, weight decay 0.01, clip 1, "
+          f"the seed's schedule at 391 steps per epoch), batch {args.batch} of N(0, 1) images, label smoothing "
+          f"{args.label_smoothing}; pass when the loss and every weight stay within max rel "
+          f"{TRAJECTORY_BOUNDS[dtype]:.0e} after every step", file=out)
+    print(f"  {'step':>6} {'numpy loss':>22} {'torch loss':>22} {'worst max rel':>14}", file=out)
+    from tqdm import tqdm
+
+    with tqdm(total=args.steps, desc=f"{dtype.name} trajectory", unit="step", leave=False, file=sys.stderr) as bar:
+        tr = run_trajectory(torch_model.config, steps=args.steps, dtype=dtype, seed=args.seed, batch=args.batch,
+                            label_smoothing=args.label_smoothing, state=torch_model.state_dict(),
+                            progress=lambda step, worst: bar.update())
+    for step, (ln, lt) in enumerate(tr.losses):
+        if step % every == 0 or step == args.steps - 1:
+            print(f"  {step:>6} {ln:>22.15g} {lt:>22.15g} {tr.worst[step]:>14.2e}", file=out)
+    if tr.ok:
+        print(f"  pass: worst max rel {max(tr.worst):.2e} over {args.steps} steps", file=out)
+    else:
+        print(f"  FAIL: {tr.first_failure}", file=out)
+    return tr.ok
 
 
 def _tuple_or_none(kind, n):
@@ -184,7 +217,8 @@ def train_command(args):
     overrides.update({k: getattr(args, k) for k in ("crop_scale", "randaugment", "color_jitter")
                       if hasattr(args, k)})  # given as 'none': that augmentation off
     try:
-        cfg = make_config(args.recipe, data=args.data, amp=args.amp, **overrides)
+        cfg = make_config(args.recipe, data=args.data, amp=args.amp, backend=args.backend, dtype=args.dtype,
+                          **overrides)
         data = data_mod.load(args.data, cfg.image_size, args.data_dir, args.cache_dir, not args.no_progress)
     except ValueError as e:
         raise UsageError(str(e)) from None
@@ -281,6 +315,9 @@ def build_parser():
     c.add_argument("--batch", type=_positive_int, default=8, help="default 8")
     c.add_argument("--label-smoothing", type=_fraction, default=0.0, help="default 0")
     c.add_argument("--fd", type=_positive_int, default=6, help="finite-difference spot checks (default 6)")
+    c.add_argument("--steps", type=_positive_int, default=None, metavar="N",
+                   help="also train N steps in NumPy and in torch from the same weights on the same batches, "
+                        "float64 and float32, and compare the loss and every weight after each step")
 
     t = sub.add_parser("train", help="train torch_vit (the seed architecture) on CIFAR-10, an image folder or synthetic data",
                        description="Trains with a recipe (--recipe seed: the seed's run, setting for setting; "
@@ -306,6 +343,10 @@ def build_parser():
     t.add_argument("--color-jitter", type=_tuple_or_none(float, 3), default=argparse.SUPPRESS, metavar="B,C,S|none")
     t.add_argument("--erasing", type=_fraction, help="random erasing probability")
     t.add_argument("--amp", action="store_true", help="bfloat16 autocast on CUDA")
+    t.add_argument("--backend", default="torch",
+                   help="torch (default) | numpy: numpy_vit's forward, backward and AdamW on the CPU, same "
+                        "initial weights and batches as torch for the same --seed")
+    t.add_argument("--dtype", default="float32", help="float32 (default) | float64, of weights and arithmetic")
 
     e = sub.add_parser("evaluate", help="test accuracy, per class, confusion matrix and NumPy agreement of a checkpoint")
     _data_args(e, default=None)

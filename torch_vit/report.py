@@ -81,7 +81,7 @@ def write_report(model, data, cfg, out, log=print):
     from .train import _write_atomic, predict
 
     model = model.cpu().float()
-    logits = predict(model, data.test_x, dataclasses.replace(cfg, amp=False), torch.device("cpu"))
+    logits = predict(model, data.test_x, dataclasses.replace(cfg, amp=False, dtype="float32"), torch.device("cpu"))
     pred = logits.argmax(1)
     k = len(data.classes)
     confusion = torch.bincount(data.test_y * k + pred, minlength=k * k).reshape(k, k).numpy()

@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from numpy_vit.io import atomic_write
 
 from .augment import CIFAR10_MEAN, CIFAR10_STD, Augment, normalize
-from .checkpoint import CONFIG_KEYS, load_checkpoint, save_checkpoint
+from .checkpoint import CONFIG_KEYS, load_checkpoint, numpy_twin, save_checkpoint
 from .model import ViT
 
 
@@ -65,6 +65,8 @@ class TrainConfig:
     recipe: str = "default"
     data: str = "synthetic"
     amp: bool = False  # bfloat16 autocast (CUDA only)
+    backend: str = "torch"  # torch: torch_vit; numpy: numpy_vit's forward, backward and AdamW on the CPU
+    dtype: str = "float32"  # of the weights and the arithmetic (float64 for exact comparisons)
 
     def schedule(self):
         peak = self.epochs * 2 // 5 if self.peak_epoch is None else self.peak_epoch
@@ -91,9 +93,17 @@ RECIPES = {
 }
 
 
+BACKENDS = ("torch", "numpy")
+DTYPES = {"float32": (torch.float32, np.float32), "float64": (torch.float64, np.float64)}
+
+
 def make_config(recipe="default", **overrides):
     if recipe not in RECIPES:
         raise ValueError(f"--recipe: expected one of {', '.join(RECIPES)}, got {recipe!r}")
+    if overrides.get("backend", "torch") not in BACKENDS:
+        raise ValueError(f"--backend: expected one of {', '.join(BACKENDS)}, got {overrides['backend']!r}")
+    if overrides.get("dtype", "float32") not in DTYPES:
+        raise ValueError(f"--dtype: expected one of {', '.join(DTYPES)}, got {overrides['dtype']!r}")
     unknown = set(overrides) - {f.name for f in dataclasses.fields(TrainConfig)}
     if unknown:
         raise ValueError(f"unknown settings: {', '.join(sorted(unknown))}")
@@ -123,46 +133,154 @@ def _epoch_generator(seed, epoch):
 
 @torch.no_grad()
 def predict(model, x_uint8, cfg, device, batch_size=None):
-    """(logits (N, K) float32 on the CPU) of the model on uint8 images, normalized as in training."""
+    """(logits (N, K) on the CPU, float32 unless cfg.dtype is float64) of the model on uint8 images,
+    normalized as in training."""
     model.eval()
     batch_size = batch_size or cfg.test_batch_size
+    dtype = DTYPES[cfg.dtype][0]
     out = []
     for i in range(0, len(x_uint8), batch_size):
-        xb = normalize(x_uint8[i:i + batch_size].to(device), cfg.mean, cfg.std)
+        xb = normalize(x_uint8[i:i + batch_size].to(device), cfg.mean, cfg.std).to(dtype)
         xb = xb.contiguous(memory_format=torch.channels_last)
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.amp and device.type == "cuda"):
-            out.append(model(xb).float().cpu())
+            out.append(model(xb).to(dtype).cpu())
     return torch.cat(out)
 
 
-def evaluate(model, data, cfg, device):
-    """Test loss and accuracy, as in the per-epoch line and metrics.jsonl."""
-    logits = predict(model, data.test_x, cfg, device)
-    loss = F.cross_entropy(logits, data.test_y).item()
-    pred = logits.argmax(1)
-    return dict(test_loss=loss, test_acc=(pred == data.test_y).float().mean().item())
+def evaluate_logits(logits, labels):
+    """Test loss and accuracy from logits, as in the per-epoch line and metrics.jsonl."""
+    loss = F.cross_entropy(logits, labels).item()
+    return dict(test_loss=loss, test_acc=(logits.argmax(1) == labels).double().mean().item())
+
+
+class TorchBackend:
+    """torch_vit in channels_last memory, torch.optim.AdamW, clip_grad_norm_, autocast when asked."""
+
+    def __init__(self, cfg, device):
+        self.cfg, self.device = cfg, device
+        torch.manual_seed(cfg.seed)
+        self.model = ViT(**cfg.model_config()).to(device, DTYPES[cfg.dtype][0],
+                                                   memory_format=torch.channels_last)
+        self.opt = torch.optim.AdamW(self.model.parameters(), lr=cfg.lr, betas=cfg.betas,
+                                     weight_decay=cfg.weight_decay)
+
+    def step(self, xb, yb, lr):
+        """One training step on a normalized batch; returns (loss * batch, correct), as tensors."""
+        cfg = self.cfg
+        xb = xb.to(DTYPES[cfg.dtype][0]).contiguous(memory_format=torch.channels_last)
+        for group in self.opt.param_groups:
+            group["lr"] = lr
+        self.model.train()
+        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=cfg.amp and self.device.type == "cuda"):
+            logits = self.model(xb)
+            loss = F.cross_entropy(logits.to(DTYPES[cfg.dtype][0]), yb, label_smoothing=cfg.label_smoothing)
+        self.opt.zero_grad(set_to_none=True)
+        loss.backward()
+        if cfg.clip:
+            torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.clip)
+        self.opt.step()
+        return loss.detach() * len(yb), (logits.argmax(1) == yb).sum()
+
+    def test_logits(self, data):
+        return predict(self.model, data.test_x, self.cfg, self.device)
+
+    def torch_model(self):
+        return self.model
+
+    def optimizer_state(self):
+        return self.opt.state_dict()
+
+    def load(self, ckpt):
+        self.model.load_state_dict(ckpt["model"])
+        self.opt.load_state_dict(ckpt["optimizer"])
+
+
+class NumpyBackend:
+    """numpy_vit's forward and hand-written backward, numpy_vit.optim's AdamW and clipping, on the CPU.
+    The initial weights are the torch backend's for the same seed, and the batches are the same."""
+
+    def __init__(self, cfg, device):
+        import numpy_vit
+        from numpy_vit.optim import AdamW
+
+        if device.type != "cpu":
+            raise ValueError(f"--backend numpy runs on the CPU, got --device {device}")
+        if cfg.amp:
+            raise ValueError("--amp: bfloat16 autocast is for the torch backend on CUDA, not --backend numpy")
+        self.cfg, self.np_dtype = cfg, DTYPES[cfg.dtype][1]
+        self.numpy_vit, self.AdamW = numpy_vit, AdamW
+        torch.manual_seed(cfg.seed)
+        self.model = numpy_twin(ViT(**cfg.model_config()), self.np_dtype)
+        self.opt = self._optimizer()
+
+    def _optimizer(self):
+        cfg = self.cfg
+        return self.AdamW(dict(self.model.named_parameters()), lr=cfg.lr, betas=cfg.betas,
+                          weight_decay=cfg.weight_decay)
+
+    def step(self, xb, yb, lr):
+        from numpy_vit.optim import clip_grad_norm
+
+        cfg = self.cfg
+        x, y = xb.numpy().astype(self.np_dtype), yb.numpy()
+        logits = self.model.forward(x)  # (B, K)
+        loss, dlogits = self.numpy_vit.cross_entropy(logits, y, cfg.label_smoothing)
+        self.model.backward(dlogits)
+        grads = self.model.grads
+        if cfg.clip:
+            clip_grad_norm(grads, cfg.clip)
+        self.opt.lr = lr
+        self.opt.step(grads)
+        correct = int((logits.argmax(1) == y).sum())
+        return torch.tensor(float(loss) * len(y), dtype=torch.float64), torch.tensor(correct)
+
+    def test_logits(self, data):
+        cfg, out = self.cfg, []
+        for i in range(0, len(data.test_x), cfg.test_batch_size):
+            xb = normalize(data.test_x[i:i + cfg.test_batch_size], cfg.mean, cfg.std).numpy()
+            out.append(torch.from_numpy(self.model.forward(xb.astype(self.np_dtype))))
+        return torch.cat(out)
+
+    def torch_model(self):
+        """A torch_vit holding the current weights (in the run's dtype), for checkpoints and reports."""
+        model = ViT(**self.cfg.model_config()).to(DTYPES[self.cfg.dtype][0])
+        model.load_state_dict({k: torch.from_numpy(v.copy()) for k, v in self.model.state_dict().items()})
+        return model
+
+    def optimizer_state(self):
+        state = self.opt.state_dict()
+        state["state"] = {k: {kk: torch.from_numpy(vv) if isinstance(vv, np.ndarray) else vv for kk, vv in s.items()}
+                          for k, s in state["state"].items()}
+        return state
+
+    def load(self, ckpt):
+        self.model.load_state_dict(ckpt["model"])
+        self.opt = self._optimizer()  # over the loaded arrays
+        state = dict(ckpt["optimizer"])
+        state["state"] = {k: {kk: vv.numpy() if isinstance(vv, torch.Tensor) else vv for kk, vv in s.items()}
+                          for k, s in state["state"].items()}
+        self.opt.load_state_dict(state)
 
 
 def train(cfg, data, out, resume=False, device=None, progress=True, log=print, stop_after=None):
-    """Train, writing everything into ``out``; returns (model, history). ``stop_after``: end after
-    that many epochs of this call (a test's stand-in for a kill)."""
+    """Train, writing everything into ``out``; returns (torch model, history). ``stop_after``: end
+    after that many epochs of this call (a test's stand-in for a kill)."""
     from tqdm import tqdm
 
-    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    device = torch.device(device or ("cuda" if torch.cuda.is_available() and cfg.backend == "torch" else "cpu"))
+    if cfg.amp and cfg.dtype != "float32":
+        raise ValueError(f"--amp: bfloat16 autocast needs --dtype float32, got {cfg.dtype}")
+    run = (NumpyBackend if cfg.backend == "numpy" else TorchBackend)(cfg, device)
     os.makedirs(out, exist_ok=True)
     ckpt_path = os.path.join(out, "checkpoint.pt")
-    torch.manual_seed(cfg.seed)
-    model = ViT(**cfg.model_config()).to(device, memory_format=torch.channels_last)
-    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, betas=cfg.betas, weight_decay=cfg.weight_decay)
     history, start = [], 0
     if resume and os.path.exists(ckpt_path):
         _, ckpt = load_checkpoint(ckpt_path)
         saved = ckpt.get("train_config", {})
-        mismatched = [k for k, v in dataclasses.asdict(cfg).items() if k in saved and _plain(saved[k]) != _plain(v)]
+        mismatched = [k for k, v in dataclasses.asdict(cfg).items() if _plain(saved.get(k, _DEFAULTS[k])) != _plain(v)]
         if mismatched:
             raise ValueError(f"--resume: {ckpt_path} was written with other settings: {', '.join(mismatched)}")
-        model.load_state_dict(ckpt["model"])
-        opt.load_state_dict(ckpt["optimizer"])
+        run.load(ckpt)
         history, start = list(ckpt["history"]), ckpt["epoch"] + 1
         log(f"resuming {out} after epoch {ckpt['epoch']}")
     _write_atomic(os.path.join(out, "config.json"),
@@ -179,45 +297,40 @@ def train(cfg, data, out, resume=False, device=None, progress=True, log=print, s
         started = time.perf_counter()
         g = _epoch_generator(cfg.seed, epoch)
         perm = torch.randperm(n, generator=g).to(device)
-        model.train()
         seen = 0
-        loss_sum = torch.zeros((), device=device)
+        loss_sum = torch.zeros((), device=device, dtype=torch.float64)
         correct_t = torch.zeros((), device=device, dtype=torch.int64)
-        bar = tqdm(range(steps), desc=f"epoch {epoch}", unit="batch", leave=False, disable=not progress,
-                   mininterval=1)
-        for step in bar:
+        bar = tqdm(total=n, desc=f"epoch {epoch} ({cfg.backend})", unit="img", unit_scale=True, leave=False,
+                   disable=not progress, mininterval=1)
+        for step in range(steps):
             idx = perm[step * cfg.batch_size:(step + 1) * cfg.batch_size]
-            xb = augment(train_x[idx], g).contiguous(memory_format=torch.channels_last)
+            xb = augment(train_x[idx], g)  # the same batches on both backends for the same seed
             yb = train_y[idx]
             lr = cfg.lr_at(epoch + (step + 1) / steps)
-            for group in opt.param_groups:
-                group["lr"] = lr
-            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.amp and device.type == "cuda"):
-                logits = model(xb)
-                loss = F.cross_entropy(logits.float(), yb, label_smoothing=cfg.label_smoothing)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            if cfg.clip:
-                torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.clip)
-            opt.step()
-            loss_sum += loss.detach() * len(idx)
-            correct_t += (logits.argmax(1) == yb).sum()
+            loss_b, correct_b = run.step(xb, yb, lr)
+            loss_sum += loss_b.to(device)
+            correct_t += correct_b.to(device)
             seen += len(idx)
-        correct = int(correct_t)
-        test = evaluate(model, data, cfg, device)
-        row = dict(epoch=epoch, train_loss=loss_sum.item() / seen, train_acc=correct / seen, **test,
-                   lr=lr, time=time.perf_counter() - started)
+            bar.update(len(idx))
+        bar.close()
+        train_time = time.perf_counter() - started
+        test = evaluate_logits(run.test_logits(data), data.test_y)
+        row = dict(epoch=epoch, train_loss=loss_sum.item() / seen, train_acc=int(correct_t) / seen, **test,
+                   lr=lr, time=time.perf_counter() - started, train_img_s=seen / train_time)
         history.append(row)
         # the checkpoint first: metrics.jsonl never lists an epoch that --resume cannot find
-        save_checkpoint(model, ckpt_path, optimizer=opt.state_dict(), epoch=epoch, history=history,
+        save_checkpoint(run.torch_model(), ckpt_path, optimizer=run.optimizer_state(), epoch=epoch, history=history,
                         train_config=dataclasses.asdict(cfg), classes=data.classes, norm=(cfg.mean, cfg.std))
         _write_atomic(os.path.join(out, "metrics.jsonl"), "".join(json.dumps(r) + "\n" for r in history))
         log(f"ViT: Epoch: {epoch} | Train Acc: {row['train_acc']:.4f}, Test Acc: {row['test_acc']:.4f}, "
             f"Time: {row['time']:.1f}, lr: {lr:.6f}")
         done += 1
         if stop_after is not None and done >= stop_after and epoch + 1 < cfg.epochs:
-            return model, history
-    return model, history
+            return run.torch_model(), history
+    return run.torch_model(), history
+
+
+_DEFAULTS = {f.name: f.default for f in dataclasses.fields(TrainConfig)}
 
 
 def _plain(v):

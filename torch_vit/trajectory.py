@@ -34,17 +34,24 @@ class Trajectory:
 
 
 def run_trajectory(config, steps=100, dtype=np.float64, seed=0, batch=8, lr=0.01, weight_decay=0.01,
-                   betas=(0.9, 0.999), clip=1.0, label_smoothing=0.1, steps_per_epoch=10):
-    """Train both models ``steps`` steps on random N(0, 1) batches; the schedule treats every
-    ``steps_per_epoch`` steps as an epoch of a run of steps / steps_per_epoch epochs."""
+                   betas=(0.9, 0.999), clip=1.0, label_smoothing=0.0, steps_per_epoch=391, epochs=25,
+                   state=None, progress=None):
+    """Train both models ``steps`` steps on random N(0, 1) batches with random labels, from the
+    torch initialisation of ``seed``. The learning rate follows the seed's schedule stepped per
+    batch, np.interp(t, [0, E*2//5, E*4//5, E], [0, lr, lr/20, 0]) at t = (step + 1) / steps_per_epoch,
+    E = epochs: by default the first steps of the seed's own run (391 batches of 128 per epoch, 25
+    epochs, AdamW lr 0.01 and weight decay 0.01, clipping at 1). ``state``: start from these weights
+    (a seed state dict) instead. ``progress(step, worst)`` is called after every step when given."""
     dtype = np.dtype(dtype)
     bound = TRAJECTORY_BOUNDS[dtype]
     torch.manual_seed(seed)
-    t = ViT(**config).to(TORCH_DTYPE[dtype])
+    t = ViT(**config)
+    if state is not None:
+        t.load_state_dict(state)
+    t = t.to(TORCH_DTYPE[dtype])
     m = numpy_twin(t, dtype)
     opt_t = torch.optim.AdamW(t.parameters(), lr=lr, betas=betas, weight_decay=weight_decay)
     opt_n = AdamW(dict(m.named_parameters()), lr=lr, betas=betas, weight_decay=weight_decay)
-    epochs = steps / steps_per_epoch
     points, values = [0, epochs * 2 // 5, epochs * 4 // 5, epochs], [0, lr, lr * 0.05, 0]
     rng = np.random.default_rng(seed)
     h, w = m.image_size
@@ -80,4 +87,6 @@ def run_trajectory(config, steps=100, dtype=np.float64, seed=0, batch=8, lr=0.01
         bad = [r for r in rows if not r.max_rel <= bound]
         if bad and not first_failure:
             first_failure = f"step {step}: " + bad[0].message()
+        if progress is not None:
+            progress(step, worst[-1])
     return Trajectory(losses, worst, first_failure, rows[1:])

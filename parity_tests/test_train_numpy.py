@@ -1,0 +1,101 @@
+"""``convvit train --backend numpy``: the NumPy model trained by numpy_vit.optim on the same batches as
+torch learns the same (float64: the same accuracy to the printed digit), writes a checkpoint that
+torch_vit loads with the same predictions, resumes exactly, and refuses what it cannot do in one line."""
+
+import dataclasses
+import json
+
+import numpy as np
+import pytest
+import torch
+
+import numpy_vit
+from torch_vit import data as data_mod
+from torch_vit.checkpoint import load_checkpoint
+from torch_vit.train import make_config, predict, train
+
+from test_train import TINY, cli
+
+QUIET = dict(progress=False, log=lambda *a: None, device="cpu")
+
+
+def _run(tmp_path, name, **settings):
+    cfg = make_config("default", **dict(TINY, epochs=4, lr=0.005, seed=3, **settings))
+    data = data_mod.make_synthetic(1024, 256, size=(16, 16))
+    model, history = train(cfg, data, str(tmp_path / name), **QUIET)
+    return cfg, data, model, history
+
+
+def test_float64_numpy_run_learns_what_torch_learns(tmp_path):
+    """Same seed, same batches, float64 on both sides: the same history to the printed digit and
+    the same final weights to 1e-9, well above chance."""
+    _, _, t_model, t_hist = _run(tmp_path, "torch", dtype="float64")
+    _, _, n_model, n_hist = _run(tmp_path, "numpy", dtype="float64", backend="numpy")
+    assert n_hist[-1]["test_acc"] >= 0.5, n_hist  # chance is 0.1
+    for a, b in zip(n_hist, t_hist):
+        assert f"{a['train_acc']:.4f} {a['test_acc']:.4f}" == f"{b['train_acc']:.4f} {b['test_acc']:.4f}"
+        assert a["train_loss"] == pytest.approx(b["train_loss"], rel=1e-9)
+        assert a["test_loss"] == pytest.approx(b["test_loss"], rel=1e-9)
+    for (name, a), b in zip(n_model.state_dict().items(), t_model.state_dict().values()):
+        assert a.dtype == b.dtype == torch.float64, name
+        assert (a - b).abs().max() <= 1e-9 * b.abs().max(), name
+
+
+def test_numpy_trained_checkpoint_gives_torch_the_same_predictions(tmp_path):
+    cfg, data, _, history = _run(tmp_path, "numpy", backend="numpy")
+    model, ckpt = load_checkpoint(str(tmp_path / "numpy" / "checkpoint.pt"))
+    m = numpy_vit.ViT(**model.config).load_state_dict(ckpt["model"])  # the NumPy weights as trained
+    t_logits = predict(model, data.test_x, cfg, torch.device("cpu"))
+    n_pred = np.concatenate([m.forward(predict_input(data.test_x[i:i + 64], cfg)).argmax(1)
+                             for i in range(0, len(data.test_x), 64)])
+    assert np.array_equal(t_logits.argmax(1).numpy(), n_pred)
+    torch_acc = (t_logits.argmax(1) == data.test_y).double().mean().item()
+    assert torch_acc == history[-1]["test_acc"]  # the accuracy the NumPy run reported
+    assert ckpt["train_config"]["backend"] == "numpy"
+
+
+def predict_input(x_uint8, cfg):
+    from torch_vit.augment import normalize
+    return normalize(x_uint8, cfg.mean, cfg.std).numpy()
+
+
+def test_numpy_resume_equals_straight_run(tmp_path):
+    cfg = make_config("default", **dict(TINY, epochs=3, seed=5, backend="numpy"))
+    data = data_mod.make_synthetic(192, 64, size=(16, 16))
+    straight, _ = train(cfg, data, str(tmp_path / "a"), **QUIET)
+    train(cfg, data, str(tmp_path / "b"), stop_after=1, **QUIET)
+    resumed, history = train(cfg, data, str(tmp_path / "b"), resume=True, **QUIET)
+    assert [r["epoch"] for r in history] == [0, 1, 2]
+    for (k, v), w in zip(straight.state_dict().items(), resumed.state_dict().values()):
+        assert torch.equal(v, w), k
+    with pytest.raises(ValueError, match="other settings: backend"):
+        train(dataclasses.replace(cfg, backend="torch"), data, str(tmp_path / "b"), resume=True, **QUIET)
+
+
+def test_numpy_run_reports_its_speed(tmp_path):
+    _, _, _, history = _run(tmp_path, "numpy", backend="numpy")
+    rows = [json.loads(line) for line in open(tmp_path / "numpy" / "metrics.jsonl")]
+    assert rows == json.loads(json.dumps(history))
+    assert all(r["train_img_s"] > 0 and r["time"] > 0 for r in rows)
+    assert json.load(open(tmp_path / "numpy" / "config.json"))["backend"] == "numpy"
+
+
+@pytest.mark.parametrize("args, expected", [
+    (["--backend", "jax"], "--backend: expected one of torch, numpy, got 'jax'"),
+    (["--dtype", "float16"], "--dtype: expected one of float32, float64, got 'float16'"),
+    (["--backend", "numpy", "--device", "cuda"], "--backend numpy runs on the CPU, got --device cuda"),
+    (["--backend", "numpy", "--amp"], "--amp: bfloat16 autocast is for the torch backend on CUDA"),
+])
+def test_backend_bad_input_is_one_line(args, expected):
+    r = cli("train", "--no-progress", "--epochs", "1", *args)
+    assert r.returncode == 2, r.stdout + r.stderr
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and expected in lines[0], r.stderr
+
+
+def test_check_steps_prints_both_trajectories():
+    r = cli("check", "--steps", "3", "--batch", "2", "--dim", "8", "--depth", "1", "--image-size", "8",
+            "--head-channels", "4")
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "float64 training trajectory: 3 steps" in r.stdout and "float32 training trajectory: 3 steps" in r.stdout
+    assert r.stdout.count("  pass: worst max rel") == 2
