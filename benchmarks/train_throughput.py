@@ -1,6 +1,8 @@
-"""Training throughput of torch_vit on this machine: the data pipeline alone (batched augmentation
-of in-memory uint8 images), a full training step (augmentation + forward + backward + clip + AdamW),
-and evaluation, at batch 128, for a recipe's augmentations.
+"""Training throughput on this machine: the data pipeline alone (batched augmentation of in-memory
+uint8 images), a full training step (augmentation + forward + backward + clip + AdamW) of
+``convvit train``'s torch backend (channels_last memory), of the same step in torch's default
+contiguous layout, and of the NumPy backend (``--backend numpy``, float32), and evaluation, at batch
+128 by default, for a recipe's augmentations.
 
     python benchmarks/train_throughput.py --recipe seed --out benchmarks/results/train_throughput.json
 """
@@ -17,7 +19,7 @@ import torch.nn.functional as F
 
 from torch_vit.data import make_synthetic
 from torch_vit.model import ViT
-from torch_vit.train import augmenter, make_config, predict
+from torch_vit.train import NumpyBackend, TorchBackend, augmenter, make_config, predict
 
 
 def timed(fn, repeats, warmup=3):
@@ -58,23 +60,33 @@ def main(argv=None):
 
     results = {}
     results["pipeline_img_s"] = B / timed(pipeline, args.repeats)
-    for layout in ("channels_last", "contiguous"):
-        torch.manual_seed(0)
-        fmt = torch.channels_last if layout == "channels_last" else torch.contiguous_format
-        model = ViT(**cfg.model_config()).to(device, memory_format=fmt)
-        opt = torch.optim.AdamW(model.parameters(), lr=1e-3, weight_decay=0.01)
+    for backend in ("torch", "numpy"):  # the training loop's own step (torch_vit/train.py)
+        run = (TorchBackend if backend == "torch" else NumpyBackend)(make_config(args.recipe, backend=backend),
+                                                                       device)
 
         def step():
             i = idx()
-            xb = augment(x[i], g).contiguous(memory_format=fmt)
-            loss = F.cross_entropy(model(xb), y[i])
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-            opt.step()
+            run.step(augment(x[i], g), y[i], cfg.lr)
             sync()
 
-        results[f"train_step_img_s_{layout}"] = B / timed(step, args.repeats)
+        key = "train_step_img_s" if backend == "torch" else "train_step_img_s_numpy"
+        results[key] = B / timed(step, args.repeats if backend == "torch" else max(3, args.repeats // 3))
+        if device.type != "cpu":
+            break  # the NumPy backend runs on the CPU only
+    torch.manual_seed(0)
+    model = ViT(**cfg.model_config()).to(device)  # torch's default contiguous layout, for comparison
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-3, weight_decay=0.01)
+
+    def contiguous_step():
+        i = idx()
+        loss = F.cross_entropy(model(augment(x[i], g).contiguous()), y[i])
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        sync()
+
+    results["train_step_img_s_contiguous"] = B / timed(contiguous_step, args.repeats)
     t = time.perf_counter()
     predict(model.to(memory_format=torch.channels_last), data.test_x, cfg, device)
     results["eval_img_s"] = len(data.test_x) / (time.perf_counter() - t)
@@ -82,7 +94,7 @@ def main(argv=None):
                    torch=torch.__version__, threads=torch.get_num_threads(), device=str(device),
                    gpu=torch.cuda.get_device_name() if device.type == "cuda" else None)
     full = dict(recipe=args.recipe, batch=B, machine=machine, **{k: round(v, 1) for k, v in results.items()})
-    per_epoch = 50_000 / results["train_step_img_s_channels_last"] + 10_000 / results["eval_img_s"]
+    per_epoch = 50_000 / results["train_step_img_s"] + 10_000 / results["eval_img_s"]
     full["estimated_cifar10_epoch_s"] = round(per_epoch, 1)
     print(json.dumps(full, indent=1))
     if args.out:

@@ -77,3 +77,17 @@ def test_seed_schedule():
 def test_sgd_rejects_nesterov_without_momentum():
     with pytest.raises(ValueError, match="nesterov needs momentum > 0 and dampening 0"):
         SGD({"a": np.zeros(2)}, nesterov=True)
+
+
+def test_recipe_schedules():
+    """--recipe seed: the seed's points for 25 epochs; default: warm-up to epoch 2, knee at 19 of 24;
+    a run shorter than the fixed warm-up warms up over the whole run and still ends at 0."""
+    from torch_vit.train import make_config
+
+    assert make_config("seed").schedule() == ([0, 10, 20, 25], [0, 0.01, 0.01 * 0.05, 0])
+    default = make_config("default")
+    assert default.schedule()[0] == [0, 2.0, 19, 24]
+    assert default.lr_at(2.0) == pytest.approx(0.01) and default.lr_at(24.0) == 0.0
+    short = make_config("default", epochs=1)
+    assert short.schedule()[0] == [0, 1, 1, 1]
+    assert short.lr_at(0.5) == pytest.approx(0.005) and short.lr_at(1.0) == 0.0

@@ -48,7 +48,7 @@ class TrainConfig:
     clip: float = 1.0
     # piecewise-linear learning rate, stepped every batch: np.interp(t, [0, peak, knee, epochs],
     # [0, lr, lr * knee_lr, 0]), t = epoch + (step + 1) / steps; peak, knee default to the seed's
-    # epochs * 2 // 5 and epochs * 4 // 5
+    # epochs * 2 // 5 and epochs * 4 // 5 (a peak or knee past the end is moved back to it)
     peak_epoch: float = None
     knee_epoch: float = None
     knee_lr: float = 0.05
@@ -71,6 +71,8 @@ class TrainConfig:
     def schedule(self):
         peak = self.epochs * 2 // 5 if self.peak_epoch is None else self.peak_epoch
         knee = self.epochs * 4 // 5 if self.knee_epoch is None else self.knee_epoch
+        peak = min(peak, self.epochs)  # a short run (--epochs 1) of a recipe with a fixed warm-up
+        knee = min(max(knee, peak), self.epochs)
         return [0, peak, knee, self.epochs], [0, self.lr, self.lr * self.knee_lr, 0]
 
     def lr_at(self, t):
@@ -88,7 +90,7 @@ RECIPES = {
                  clip=1.0, knee_lr=0.05, crop_scale=(0.75, 1.0), flip=0.5, randaugment=(1, 8),
                  color_jitter=(0.1, 0.1, 0.1), erasing=0.25),
     "default": dict(epochs=24, batch_size=64, test_batch_size=64, lr=0.01, weight_decay=0.1, label_smoothing=0.0,
-                    clip=1.0, knee_lr=0.05, crop_scale=(0.75, 1.0), flip=0.5, randaugment=None,
+                    clip=1.0, peak_epoch=2.0, knee_lr=0.05, crop_scale=(0.75, 1.0), flip=0.5, randaugment=None,
                     color_jitter=None, erasing=0.0),
 }
 
