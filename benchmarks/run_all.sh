@@ -1,0 +1,25 @@
+#!/usr/bin/env bash
+# Every benchmark behind the README's figures, one after another, each writing its JSON into
+# benchmarks/results/. Run it alone on the machine (timings), from the project's root:
+#   benchmarks/run_all.sh [CHECKPOINT ...]
+# The checkpoints (default: runs/default, runs/seed and runs/synthetic-numpy, where they exist) feed
+# float32_error.py; `convvit train` makes them (README, "Training").
+set -euo pipefail
+cd "$(dirname "$0")/.."
+out=benchmarks/results
+python benchmarks/numpy_vs_torch.py --suite --out $out/numpy_vs_torch.json
+python benchmarks/train_throughput.py --recipe seed --out $out/train_throughput.json
+python benchmarks/train_throughput.py --recipe default --batch 64 --out $out/train_throughput_default.json
+python benchmarks/parity_errors.py --draws 200 --out $out/parity_errors.json
+python benchmarks/trajectory_drift.py --out $out/trajectory_drift.json
+checkpoints=("$@")
+if [ ${#checkpoints[@]} -eq 0 ]; then
+  for run in runs/default runs/seed runs/synthetic-numpy; do
+    if [ -f "$run/checkpoint.pt" ]; then checkpoints+=("$run/checkpoint.pt"); fi
+  done
+fi
+if [ ${#checkpoints[@]} -gt 0 ]; then
+  python benchmarks/float32_error.py "${checkpoints[@]}" --out $out/float32_error.json
+else
+  echo "no checkpoints: skipping float32_error.py (train runs/default, runs/seed first)" >&2
+fi
