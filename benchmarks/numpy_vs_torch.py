@@ -17,6 +17,7 @@ less the resident set before them.
 """
 
 import argparse
+import copy
 import json
 import os
 import platform
@@ -62,7 +63,7 @@ if ARGS.memory_child != "numpy":
     torch.set_num_threads(ARGS.threads)
 
 
-def build(part, dtype, rng):
+def build(part, dtype):
     """(numpy part, torch part with the same weights, input shape) of one part at the seed's sizes."""
     C, hc, h = SEED["embedding_dim"], SEED["head_channels"], SEED["image_size"] // SEED["patch_size"]
     tdtype = torch.float32 if dtype == np.float32 else torch.float64
@@ -172,22 +173,22 @@ def time_parts(progress):
         for part in ARGS.parts:
             rng = np.random.default_rng(0)
             torch.manual_seed(0)
-            n, t, shape = build(part, dtype, rng)
+            n, t, shape = build(part, dtype)
             for B in ARGS.batches:
                 x = rng.standard_normal((B, *shape)).astype(dtype)
                 y = rng.integers(0, 10, B) if part == "model+loss" else None
                 dout = None
                 if y is None:
                     dout = rng.standard_normal(n.forward(x).shape).astype(dtype)
-                    dout = np.ascontiguousarray(dout)
                 nf, nb = numpy_steps(n, x, y, dout)
                 tf, tb = torch_steps(t, x, y, dout)
                 row = dict(part=part, dtype=dtype_name, batch=B)
                 row["numpy_fwd_s"], row["torch_fwd_s"], reps_f = side_by_side(nf, tf)
                 row["numpy_fwdbwd_s"], row["torch_fwdbwd_s"], reps_b = side_by_side(nb, tb)
-                if part == "model+loss":  # torch in the layout convvit train uses
-                    _, tbcl = torch_steps(t.to(memory_format=torch.channels_last), x, y, None,
-                                          torch.channels_last)
+                if part == "model+loss":  # torch in the layout convvit train uses, on a copy: Module.to
+                    # converts in place, and the NCHW rows of the next batch sizes need t as it is
+                    tcl = copy.deepcopy(t).to(memory_format=torch.channels_last)
+                    _, tbcl = torch_steps(tcl, x, y, None, torch.channels_last)
                     _, row["torch_channels_last_fwdbwd_s"], _ = side_by_side(nb, tbcl)
                 row["repeats"] = min(reps_f, reps_b)
                 row["ratio_fwd"] = row["numpy_fwd_s"] / row["torch_fwd_s"]
