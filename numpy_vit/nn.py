@@ -281,8 +281,8 @@ _KAPPA = 0.044715
 
 def _slices(x):
     """Slices along axis 0 of about erf.SLICE elements each, so that elementwise work stays in cache."""
-    step = max(1, SLICE // max(1, x[0].size)) if x.ndim else 1
-    return [slice(i, i + step) for i in range(0, max(1, len(x) if x.ndim else 1), step)]
+    step = max(1, SLICE // max(1, x[0].size))
+    return [slice(i, i + step) for i in range(0, len(x), step)]
 
 
 class GELU(Module):

@@ -158,6 +158,8 @@ def check(args, out=None):
 def _trajectory_check(torch_model, dtype, args, out):
     """``--steps N``: N steps of NumPy training against torch training (torch_vit.trajectory),
     printed every N/10 steps; True when every step stays within the bound."""
+    from tqdm import tqdm
+
     from .trajectory import TRAJECTORY_BOUNDS, run_trajectory
 
     dtype = np.dtype(dtype)
@@ -167,8 +169,6 @@ def _trajectory_check(torch_model, dtype, args, out):
           f"{args.label_smoothing}; pass when the loss and every weight stay within max rel "
           f"{TRAJECTORY_BOUNDS[dtype]:.0e} after every step", file=out)
     print(f"  {'step':>6} {'numpy loss':>22} {'torch loss':>22} {'worst max rel':>14}", file=out)
-    from tqdm import tqdm
-
     with tqdm(total=args.steps, desc=f"{dtype.name} trajectory", unit="step", leave=False, file=sys.stderr) as bar:
         tr = run_trajectory(torch_model.config, steps=args.steps, dtype=dtype, seed=args.seed, batch=args.batch,
                             label_smoothing=args.label_smoothing, state=torch_model.state_dict(),

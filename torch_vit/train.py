@@ -19,7 +19,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+import numpy_vit
 from numpy_vit.io import atomic_write
+from numpy_vit.optim import AdamW, clip_grad_norm
 
 from .augment import CIFAR10_MEAN, CIFAR10_STD, Augment, normalize
 from .checkpoint import CONFIG_KEYS, load_checkpoint, numpy_twin, save_checkpoint
@@ -81,6 +83,9 @@ class TrainConfig:
 
     def model_config(self):
         return {k: getattr(self, k) for k in CONFIG_KEYS if hasattr(self, k)}
+
+
+_DEFAULTS = {f.name: f.default for f in dataclasses.fields(TrainConfig)}  # for checkpoints older than a setting
 
 
 # The seed's run, setting for setting (../shared/seed/RECIPE.md), and the best recipe found for the
@@ -159,23 +164,22 @@ class TorchBackend:
     """torch_vit in channels_last memory, torch.optim.AdamW, clip_grad_norm_, autocast when asked."""
 
     def __init__(self, cfg, device):
-        self.cfg, self.device = cfg, device
+        self.cfg, self.device, self.dtype = cfg, device, DTYPES[cfg.dtype][0]
         torch.manual_seed(cfg.seed)
-        self.model = ViT(**cfg.model_config()).to(device, DTYPES[cfg.dtype][0],
-                                                   memory_format=torch.channels_last)
+        self.model = ViT(**cfg.model_config()).to(device, self.dtype, memory_format=torch.channels_last)
         self.opt = torch.optim.AdamW(self.model.parameters(), lr=cfg.lr, betas=cfg.betas,
                                      weight_decay=cfg.weight_decay)
 
     def step(self, xb, yb, lr):
         """One training step on a normalized batch; returns (loss * batch, correct), as tensors."""
         cfg = self.cfg
-        xb = xb.to(DTYPES[cfg.dtype][0]).contiguous(memory_format=torch.channels_last)
+        xb = xb.to(self.dtype).contiguous(memory_format=torch.channels_last)
         for group in self.opt.param_groups:
             group["lr"] = lr
         self.model.train()
         with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=cfg.amp and self.device.type == "cuda"):
             logits = self.model(xb)
-            loss = F.cross_entropy(logits.to(DTYPES[cfg.dtype][0]), yb, label_smoothing=cfg.label_smoothing)
+            loss = F.cross_entropy(logits.to(self.dtype), yb, label_smoothing=cfg.label_smoothing)
         self.opt.zero_grad(set_to_none=True)
         loss.backward()
         if cfg.clip:
@@ -202,31 +206,24 @@ class NumpyBackend:
     The initial weights are the torch backend's for the same seed, and the batches are the same."""
 
     def __init__(self, cfg, device):
-        import numpy_vit
-        from numpy_vit.optim import AdamW
-
         if device.type != "cpu":
             raise ValueError(f"--backend numpy runs on the CPU, got --device {device}")
         if cfg.amp:
             raise ValueError("--amp: bfloat16 autocast is for the torch backend on CUDA, not --backend numpy")
         self.cfg, self.np_dtype = cfg, DTYPES[cfg.dtype][1]
-        self.numpy_vit, self.AdamW = numpy_vit, AdamW
         torch.manual_seed(cfg.seed)
         self.model = numpy_twin(ViT(**cfg.model_config()), self.np_dtype)
         self.opt = self._optimizer()
 
     def _optimizer(self):
         cfg = self.cfg
-        return self.AdamW(dict(self.model.named_parameters()), lr=cfg.lr, betas=cfg.betas,
-                          weight_decay=cfg.weight_decay)
+        return AdamW(dict(self.model.named_parameters()), lr=cfg.lr, betas=cfg.betas, weight_decay=cfg.weight_decay)
 
     def step(self, xb, yb, lr):
-        from numpy_vit.optim import clip_grad_norm
-
         cfg = self.cfg
         x, y = xb.numpy().astype(self.np_dtype), yb.numpy()
         logits = self.model.forward(x)  # (B, K)
-        loss, dlogits = self.numpy_vit.cross_entropy(logits, y, cfg.label_smoothing)
+        loss, dlogits = numpy_vit.cross_entropy(logits, y, cfg.label_smoothing)
         self.model.backward(dlogits)
         grads = self.model.grads
         if cfg.clip:
@@ -250,18 +247,20 @@ class NumpyBackend:
         return model
 
     def optimizer_state(self):
-        state = self.opt.state_dict()
-        state["state"] = {k: {kk: torch.from_numpy(vv) if isinstance(vv, np.ndarray) else vv for kk, vv in s.items()}
-                          for k, s in state["state"].items()}
-        return state
+        """AdamW's state with its arrays as tensors, which a weights-only torch.load reads back."""
+        return _map_arrays(self.opt.state_dict(), np.ndarray, torch.from_numpy)
 
     def load(self, ckpt):
         self.model.load_state_dict(ckpt["model"])
         self.opt = self._optimizer()  # over the loaded arrays
-        state = dict(ckpt["optimizer"])
-        state["state"] = {k: {kk: vv.numpy() if isinstance(vv, torch.Tensor) else vv for kk, vv in s.items()}
-                          for k, s in state["state"].items()}
-        self.opt.load_state_dict(state)
+        self.opt.load_state_dict(_map_arrays(ckpt["optimizer"], torch.Tensor, lambda t: t.numpy()))
+
+
+def _map_arrays(opt_state, kind, convert):
+    """A copy of a numpy_vit.optim state dict with every per-parameter value of type ``kind`` converted."""
+    state = {k: {kk: convert(vv) if isinstance(vv, kind) else vv for kk, vv in s.items()}
+             for k, s in opt_state["state"].items()}
+    return dict(opt_state, state=state)
 
 
 def train(cfg, data, out, resume=False, device=None, progress=True, log=print, stop_after=None):
@@ -330,9 +329,6 @@ def train(cfg, data, out, resume=False, device=None, progress=True, log=print, s
         if stop_after is not None and done >= stop_after and epoch + 1 < cfg.epochs:
             return run.torch_model(), history
     return run.torch_model(), history
-
-
-_DEFAULTS = {f.name: f.default for f in dataclasses.fields(TrainConfig)}
 
 
 def _plain(v):

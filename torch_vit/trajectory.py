@@ -15,6 +15,7 @@ from numpy_vit.optim import AdamW, clip_grad_norm, piecewise_linear
 from .checkpoint import numpy_twin
 from .model import ViT
 from .parity import TORCH_DTYPE, compare
+from .train import TrainConfig
 
 # Bounds held after every step (README, "Training the NumPy model"): relative to each tensor's
 # largest entry, as in torch_vit.parity.
@@ -26,7 +27,6 @@ class Trajectory:
     losses: list  # (numpy loss, torch loss) per step
     worst: list  # per step, the worst max_rel over the loss and all weights after that step
     first_failure: str  # "" when every step stayed within the bound
-    final_rows: list  # Rows of every weight after the last step
 
     @property
     def ok(self):
@@ -52,7 +52,7 @@ def run_trajectory(config, steps=100, dtype=np.float64, seed=0, batch=8, lr=0.01
     m = numpy_twin(t, dtype)
     opt_t = torch.optim.AdamW(t.parameters(), lr=lr, betas=betas, weight_decay=weight_decay)
     opt_n = AdamW(dict(m.named_parameters()), lr=lr, betas=betas, weight_decay=weight_decay)
-    points, values = [0, epochs * 2 // 5, epochs * 4 // 5, epochs], [0, lr, lr * 0.05, 0]
+    points, values = TrainConfig(epochs=epochs, lr=lr).schedule()  # the seed's shape
     rng = np.random.default_rng(seed)
     h, w = m.image_size
     losses, worst, first_failure = [], [], ""
@@ -89,4 +89,4 @@ def run_trajectory(config, steps=100, dtype=np.float64, seed=0, batch=8, lr=0.01
             first_failure = f"step {step}: " + bad[0].message()
         if progress is not None:
             progress(step, worst[-1])
-    return Trajectory(losses, worst, first_failure, rows[1:])
+    return Trajectory(losses, worst, first_failure)
