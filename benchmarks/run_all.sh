@@ -3,7 +3,7 @@
 # benchmarks/results/. Run it alone on the machine (timings), from the project's root:
 #   benchmarks/run_all.sh [CHECKPOINT ...]
 # The checkpoints (default: runs/default, runs/seed and runs/synthetic-numpy, where they exist) feed
-# float32_error.py; `convvit train` makes them (README, "Training").
+# float32_error.py and flip_tta.py (which evaluates each on its own --data); `convvit train` makes them (README, "Training").
 set -euo pipefail
 cd "$(dirname "$0")/.."
 out=benchmarks/results
@@ -20,6 +20,7 @@ if [ ${#checkpoints[@]} -eq 0 ]; then
 fi
 if [ ${#checkpoints[@]} -gt 0 ]; then
   python benchmarks/float32_error.py "${checkpoints[@]}" --out $out/float32_error.json
+  python benchmarks/flip_tta.py "${checkpoints[@]}" --out $out/flip_tta.json
 else
-  echo "no checkpoints: skipping float32_error.py (train runs/default, runs/seed first)" >&2
+  echo "no checkpoints: skipping float32_error.py and flip_tta.py (train runs/default, runs/seed first)" >&2
 fi

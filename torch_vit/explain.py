@@ -32,7 +32,8 @@ def plot_gradcam(rows, classes, path, method, layer):
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(len(rows), 5, figsize=(11, 2.3 * len(rows) + 0.6), squeeze=False)
+    fig, axes = plt.subplots(len(rows), 5, figsize=(11, 2.1 * len(rows) + 0.6), squeeze=False,
+                             layout="constrained")  # rows packed under the title, beside the colour bar
     im = None
     for ax_row, r in zip(axes, rows):
         ax_row[0].imshow(r["image"])
