@@ -11,19 +11,16 @@ and softmax probabilities). The README reports it beside, never in place of, the
 import argparse
 import json
 import os
-import types
 
 import torch
 
 from numpy_vit.io import atomic_write
-from torch_vit.cli import _load_for_inspection
+from torch_vit.cli import load_for_inspection
 from torch_vit.train import predict
 
 
 def flip_accuracies(path, data_spec=None, cache_dir=None):
-    args = types.SimpleNamespace(checkpoint=path, data=data_spec, data_dir="data", cache_dir=cache_dir,
-                                 no_progress=True)
-    model, cfg, data = _load_for_inspection(args)
+    model, cfg, data = load_for_inspection(path, data_spec, cache_dir=cache_dir, progress=False)
     device = torch.device("cpu")
     plain = predict(model, data.test_x, cfg, device)  # (N, K)
     mirror = predict(model, data.test_x.flip(-1), cfg, device)  # (N, K), the images flipped left-right

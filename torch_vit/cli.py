@@ -250,17 +250,22 @@ def evaluate_command(args):
 
 
 def _load_for_inspection(args):
-    """(torch model, train config, data) for a checkpoint; the data defaults to the checkpoint's own."""
+    return load_for_inspection(args.checkpoint, args.data, args.data_dir, args.cache_dir, not args.no_progress)
+
+
+def load_for_inspection(checkpoint, data_spec=None, data_dir="data", cache_dir=None, progress=True):
+    """(torch model, train config, data) for a checkpoint; ``data_spec`` (a --data spec) defaults to
+    the checkpoint's own."""
     import dataclasses
 
     from . import data as data_mod
     from .train import TrainConfig
 
-    model, ckpt = load_checkpoint(args.checkpoint)
+    model, ckpt = load_checkpoint(checkpoint)
     known = {f.name for f in dataclasses.fields(TrainConfig)}
     cfg = TrainConfig(**{k: v for k, v in ckpt.get("train_config", {}).items() if k in known})
     cfg.image_size = tuple(model.config["image_size"])
-    data = data_mod.load(args.data or cfg.data, cfg.image_size, args.data_dir, args.cache_dir, not args.no_progress)
+    data = data_mod.load(data_spec or cfg.data, cfg.image_size, data_dir, cache_dir, progress)
     if len(data.classes) != model.config["num_classes"]:
         raise ValueError(f"--data: the checkpoint has {model.config['num_classes']} classes, "
                          f"the data {len(data.classes)}")
