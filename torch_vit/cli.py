@@ -197,6 +197,16 @@ def _tuple_or_none(kind, n):
     return parse
 
 
+def _betas(text):
+    try:
+        values = tuple(float(v) for v in text.split(","))
+    except ValueError:
+        values = ()
+    if len(values) != 2 or not all(0.0 <= v < 1.0 for v in values):  # NaN fails too
+        raise argparse.ArgumentTypeError(f"expected two comma-separated numbers in [0, 1), got {text!r}")
+    return values
+
+
 def _data_args(p, default="synthetic"):
     p.add_argument("--data", default=default, metavar="SOURCE",
                    help="cifar10 | imagefolder:PATH | synthetic (default: " + (default or "the checkpoint's own") + ")")
@@ -211,8 +221,8 @@ def train_command(args):
     from .report import plot_curves, write_report
     from .train import make_config, train
 
-    scalars = ("epochs", "batch_size", "test_batch_size", "lr", "weight_decay", "label_smoothing", "clip",
-               "peak_epoch", "knee_epoch", "knee_lr", "flip", "erasing", "seed")
+    scalars = ("epochs", "batch_size", "test_batch_size", "lr", "weight_decay", "betas", "label_smoothing",
+               "clip", "peak_epoch", "knee_epoch", "knee_lr", "flip", "erasing", "seed")
     overrides = {k: getattr(args, k) for k in scalars if getattr(args, k) is not None}
     overrides.update({k: getattr(args, k) for k in ("crop_scale", "randaugment", "color_jitter")
                       if hasattr(args, k)})  # given as 'none': that augmentation off
@@ -337,6 +347,7 @@ def build_parser():
     t.add_argument("--test-batch-size", type=_positive_int)
     t.add_argument("--lr", type=_nonneg_float, help="peak learning rate")
     t.add_argument("--weight-decay", type=_nonneg_float)
+    t.add_argument("--betas", type=_betas, metavar="B1,B2", help="AdamW's betas (default 0.9,0.999)")
     t.add_argument("--label-smoothing", type=_fraction)
     t.add_argument("--clip", type=_nonneg_float, help="global gradient-norm clip (0: none)")
     t.add_argument("--peak-epoch", type=_nonneg_float, help="end of the linear warm-up (default epochs*2//5)")
