@@ -17,11 +17,17 @@ class AdamW:
         m = lerp(m, g, 1 - beta1)                 (torch's lerp_: m + (1 - beta1) * (g - m))
         v = beta2 * v + (1 - beta2) * g * g
         p -= lr / (1 - beta1^t) * m / (sqrt(v) / sqrt(1 - beta2^t) + eps)
+
+    ``skip_decay``: names of parameters left undecayed (torch: a second param group with weight_decay 0).
     """
 
-    def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=1e-2):
+    def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=1e-2, skip_decay=()):
         self.params = params  # {name: ndarray}, updated in place
         self.lr, self.betas, self.eps, self.weight_decay = lr, tuple(betas), eps, weight_decay
+        unknown = set(skip_decay) - set(params)
+        if unknown:
+            raise ValueError(f"AdamW: skip_decay names parameters it was not given: {', '.join(sorted(unknown))}")
+        self.skip_decay = frozenset(skip_decay)
         self.state = {name: dict(step=0, exp_avg=np.zeros_like(p), exp_avg_sq=np.zeros_like(p))
                       for name, p in params.items()}
 
@@ -31,7 +37,8 @@ class AdamW:
             g, s = grads[name], self.state[name]
             s["step"] += 1
             t = s["step"]
-            p *= 1 - self.lr * self.weight_decay
+            if name not in self.skip_decay:
+                p *= 1 - self.lr * self.weight_decay
             m, v = s["exp_avg"], s["exp_avg_sq"]
             m += (1 - beta1) * (g - m)
             v *= beta2

@@ -41,6 +41,28 @@ def test_adamw_matches_torch_for_20_steps(weight_decay, betas):
         _assert_same(arrays, tensors, f"AdamW step {step}")
 
 
+def test_adamw_skip_decay_matches_a_torch_param_group_without_decay():
+    """convvit train --no-decay: the skipped parameters follow torch's second group (weight_decay 0)."""
+    rng, arrays, tensors = _pair(5)
+    mine = AdamW(arrays, lr=0.01, weight_decay=0.1, skip_decay={"p1"})
+    theirs = torch.optim.AdamW([{"params": [tensors[0], tensors[2]]}, {"params": [tensors[1]], "weight_decay": 0.0}],
+                               lr=0.01, weight_decay=0.1)
+    decayed = AdamW({k: a.copy() for k, a in arrays.items()}, lr=0.01, weight_decay=0.1)
+    for step in range(20):
+        grads = _grads(rng, arrays, tensors)
+        mine.step({k: g.copy() for k, g in grads.items()})
+        decayed.step(grads)
+        theirs.step()
+        _assert_same(arrays, tensors, f"AdamW skip_decay step {step}")
+    assert not np.allclose(decayed.params["p1"], arrays["p1"], rtol=1e-6, atol=0)  # the skip made a difference
+    np.testing.assert_array_equal(decayed.params["p0"], arrays["p0"])
+
+
+def test_adamw_skip_decay_of_an_unknown_name_is_refused():
+    with pytest.raises(ValueError, match="skip_decay names parameters it was not given: q"):
+        AdamW({"p": np.zeros(2)}, skip_decay={"q"})
+
+
 @pytest.mark.parametrize("kw", [dict(momentum=0.9), dict(momentum=0.9, nesterov=True, weight_decay=1e-3),
                                 dict(momentum=0.5, dampening=0.1, weight_decay=0.01), dict()])
 def test_sgd_matches_torch_for_10_steps(kw):

@@ -12,7 +12,7 @@ import torch
 import numpy_vit
 from torch_vit import data as data_mod
 from torch_vit.checkpoint import load_checkpoint
-from torch_vit.train import make_config, predict, train
+from torch_vit.train import make_config, no_decay_names, predict, train
 
 from test_train import TINY, cli
 
@@ -20,7 +20,7 @@ QUIET = dict(progress=False, log=lambda *a: None, device="cpu")
 
 
 def _run(tmp_path, name, **settings):
-    cfg = make_config("default", **dict(TINY, epochs=4, lr=0.005, seed=3, **settings))
+    cfg = make_config("default", **{**TINY, "epochs": 4, "lr": 0.005, "seed": 3, **settings})
     data = data_mod.make_synthetic(1024, 256, size=(16, 16))
     model, history = train(cfg, data, str(tmp_path / name), **QUIET)
     return cfg, data, model, history
@@ -39,6 +39,34 @@ def test_float64_numpy_run_learns_what_torch_learns(tmp_path):
     for (name, a), b in zip(n_model.state_dict().items(), t_model.state_dict().values()):
         assert a.dtype == b.dtype == torch.float64, name
         assert (a - b).abs().max() <= 1e-9 * b.abs().max(), name
+
+
+def test_no_decay_is_the_same_on_both_backends_and_changes_the_run(tmp_path):
+    """--no-decay norm,bias,pos: float64 torch (a second param group) and NumPy (skip_decay) end with
+    the same weights, which differ from those of a run that decays everything."""
+    skip = dict(epochs=1, weight_decay=0.5, no_decay=("norm", "bias", "pos"), dtype="float64")
+    _, _, t_model, _ = _run(tmp_path, "torch", **skip)
+    _, _, n_model, _ = _run(tmp_path, "numpy", backend="numpy", **skip)
+    _, _, all_model, _ = _run(tmp_path, "all", **dict(skip, no_decay=()))
+    t, n, d = t_model.state_dict(), n_model.state_dict(), all_model.state_dict()
+    for name in t:
+        assert (n[name] - t[name]).abs().max() <= 1e-9 * t[name].abs().max(), name
+    skipped = no_decay_names(t_model, ("norm", "bias", "pos"))
+    assert {"norm.weight", "embedding.pos_embedding", "transformer.layers.0.0.fn.k.bias"} <= skipped
+    assert "transformer.layers.0.0.fn.k.weight" not in skipped and "norm.weight" in skipped
+    assert not torch.allclose(t["norm.weight"], d["norm.weight"])
+
+
+def test_no_decay_names_by_kind():
+    from torch_vit.model import ViT
+    model = ViT(**make_config("default").model_config())
+    assert no_decay_names(model, ("pos",)) == {"embedding.pos_embedding"}
+    norms = no_decay_names(model, ("norm",))
+    assert len(norms) == 2 * 9 and all(n.endswith(("lnorm.weight", "lnorm.bias")) or n.startswith("norm.")
+                                       for n in norms)  # 4 blocks x 2 + the final norm
+    biases = no_decay_names(model, ("bias",))
+    assert biases == {n for n, _ in model.named_parameters() if n.endswith(".bias")}
+    assert no_decay_names(model, ()) == set()
 
 
 def test_numpy_trained_checkpoint_gives_torch_the_same_predictions(tmp_path):

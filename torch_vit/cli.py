@@ -207,6 +207,11 @@ def _betas(text):
     return values
 
 
+def _kinds(text):
+    """--no-decay: comma-separated parameter kinds, or 'none'."""
+    return () if text.lower() in ("none", "off", "") else tuple(k.strip() for k in text.split(","))
+
+
 def _data_args(p, default="synthetic"):
     p.add_argument("--data", default=default, metavar="SOURCE",
                    help="cifar10 | imagefolder:PATH | synthetic (default: " + (default or "the checkpoint's own") + ")")
@@ -221,8 +226,8 @@ def train_command(args):
     from .report import plot_curves, write_report
     from .train import make_config, train
 
-    scalars = ("epochs", "batch_size", "test_batch_size", "lr", "weight_decay", "betas", "label_smoothing",
-               "clip", "peak_epoch", "knee_epoch", "knee_lr", "flip", "erasing", "seed")
+    scalars = ("epochs", "batch_size", "test_batch_size", "lr", "weight_decay", "no_decay", "betas",
+               "label_smoothing", "clip", "peak_epoch", "knee_epoch", "knee_lr", "flip", "erasing", "seed")
     overrides = {k: getattr(args, k) for k in scalars if getattr(args, k) is not None}
     overrides.update({k: getattr(args, k) for k in ("crop_scale", "randaugment", "color_jitter")
                       if hasattr(args, k)})  # given as 'none': that augmentation off
@@ -347,6 +352,9 @@ def build_parser():
     t.add_argument("--test-batch-size", type=_positive_int)
     t.add_argument("--lr", type=_nonneg_float, help="peak learning rate")
     t.add_argument("--weight-decay", type=_nonneg_float)
+    t.add_argument("--no-decay", type=_kinds, metavar="KINDS|none",
+                   help="parameters AdamW does not decay: comma-separated among norm (LayerNorm), bias, pos "
+                        "(the positional embedding); default none")
     t.add_argument("--betas", type=_betas, metavar="B1,B2", help="AdamW's betas (default 0.9,0.999)")
     t.add_argument("--label-smoothing", type=_fraction)
     t.add_argument("--clip", type=_nonneg_float, help="global gradient-norm clip (0: none)")

@@ -45,6 +45,7 @@ class TrainConfig:
     test_batch_size: int = 64
     lr: float = 0.01
     weight_decay: float = 0.01
+    no_decay: tuple = ()  # parameters AdamW does not decay, by kind: "norm" (LayerNorm), "bias", "pos"
     betas: tuple = (0.9, 0.999)
     label_smoothing: float = 0.0
     clip: float = 1.0
@@ -101,6 +102,7 @@ RECIPES = {
 
 
 BACKENDS = ("torch", "numpy")
+NO_DECAY_KINDS = ("norm", "bias", "pos")
 DTYPES = {"float32": (torch.float32, np.float32), "float64": (torch.float64, np.float64)}
 
 
@@ -111,6 +113,9 @@ def make_config(recipe="default", **overrides):
         raise ValueError(f"--backend: expected one of {', '.join(BACKENDS)}, got {overrides['backend']!r}")
     if overrides.get("dtype", "float32") not in DTYPES:
         raise ValueError(f"--dtype: expected one of {', '.join(DTYPES)}, got {overrides['dtype']!r}")
+    bad = [k for k in overrides.get("no_decay", ()) if k not in NO_DECAY_KINDS]
+    if bad:
+        raise ValueError(f"--no-decay: expected kinds among {', '.join(NO_DECAY_KINDS)}, got {', '.join(bad)}")
     unknown = set(overrides) - {f.name for f in dataclasses.fields(TrainConfig)}
     if unknown:
         raise ValueError(f"unknown settings: {', '.join(sorted(unknown))}")
@@ -128,6 +133,19 @@ def augmenter(cfg):
         raise ValueError(f"training augments square images, got image_size {tuple(cfg.image_size)}")
     return Augment(crop_scale=cfg.crop_scale, flip=cfg.flip, randaugment=cfg.randaugment,
                    color_jitter=cfg.color_jitter, erasing=cfg.erasing, mean=cfg.mean, std=cfg.std, size=h)
+
+
+def no_decay_names(model, kinds):
+    """Names of the parameters of a torch_vit ``model`` that AdamW leaves undecayed: those of its
+    LayerNorms ("norm"), every bias ("bias"), the positional embedding ("pos")."""
+    names = set()
+    for module_name, module in model.named_modules():
+        for name, _ in module.named_parameters(prefix=module_name, recurse=False):
+            if (("norm" in kinds and isinstance(module, torch.nn.LayerNorm))
+                    or ("bias" in kinds and name.endswith("bias"))
+                    or ("pos" in kinds and name.endswith("pos_embedding"))):
+                names.add(name)
+    return names
 
 
 def _write_atomic(path, text):
@@ -167,8 +185,14 @@ class TorchBackend:
         self.cfg, self.device, self.dtype = cfg, device, DTYPES[cfg.dtype][0]
         torch.manual_seed(cfg.seed)
         self.model = ViT(**cfg.model_config()).to(device, self.dtype, memory_format=torch.channels_last)
-        self.opt = torch.optim.AdamW(self.model.parameters(), lr=cfg.lr, betas=cfg.betas,
-                                     weight_decay=cfg.weight_decay)
+        params = list(self.model.named_parameters())
+        if cfg.no_decay:  # a second group without decay; one group otherwise, as before the setting existed
+            skip = no_decay_names(self.model, cfg.no_decay)
+            groups = [{"params": [p for n, p in params if n not in skip]},
+                      {"params": [p for n, p in params if n in skip], "weight_decay": 0.0}]
+        else:
+            groups = [p for _, p in params]
+        self.opt = torch.optim.AdamW(groups, lr=cfg.lr, betas=cfg.betas, weight_decay=cfg.weight_decay)
 
     def step(self, xb, yb, lr):
         """One training step on a normalized batch; returns (loss * batch, correct), as tensors."""
@@ -212,12 +236,15 @@ class NumpyBackend:
             raise ValueError("--amp: bfloat16 autocast is for the torch backend on CUDA, not --backend numpy")
         self.cfg, self.np_dtype = cfg, DTYPES[cfg.dtype][1]
         torch.manual_seed(cfg.seed)
-        self.model = numpy_twin(ViT(**cfg.model_config()), self.np_dtype)
+        twin = ViT(**cfg.model_config())
+        self.skip_decay = no_decay_names(twin, cfg.no_decay)
+        self.model = numpy_twin(twin, self.np_dtype)
         self.opt = self._optimizer()
 
     def _optimizer(self):
         cfg = self.cfg
-        return AdamW(dict(self.model.named_parameters()), lr=cfg.lr, betas=cfg.betas, weight_decay=cfg.weight_decay)
+        return AdamW(dict(self.model.named_parameters()), lr=cfg.lr, betas=cfg.betas, weight_decay=cfg.weight_decay,
+                     skip_decay=self.skip_decay)
 
     def step(self, xb, yb, lr):
         cfg = self.cfg
