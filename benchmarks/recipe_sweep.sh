@@ -4,7 +4,7 @@
 #   benchmarks/recipe_sweep.sh SET DATA_SPEC OUT_DIR DEVICE [CACHE_DIR]
 #   SET a: 24 epochs; the seed's recipe, and "A" = the seed's with RandAugment and erasing off, one change each
 #   SET b: 12 epochs; "B" = crop and flip only, one change each (weight decay, batch, clipping, lr)
-#   SET c: 12 epochs; "C" = the default recipe as it was then (crop and flip, batch 64, weight decay 0.1, warm-up
+#   SET c: 12 epochs; "C" = the default recipe as it was then (crop (0.75, 1) and flip, batch 64, weight decay 0.1, warm-up
 #          to 40% of the run), one or two changes each
 #   SET d: 12 epochs; C with one change each (learning rate, weight decay 0.05, crop, warm-up)
 #   e.g. SWEEP_TIMEOUT=450 benchmarks/recipe_sweep.sh a imagefolder:/data/cifar10-jpeg runs/sweep-a cuda
@@ -19,12 +19,12 @@ if [ "$set_" = a ]; then
         [A_lr0.005]="$A --lr 0.005" [A_peak4]="$A --peak-epoch 4" [A_nojitter]="$A --color-jitter none"
         [A_wd0.05]="$A --weight-decay 0.05")
 elif [ "$set_" = c ]; then
-  C="--recipe default --epochs 12 --weight-decay 0.1 --peak-epoch 4"
+  C="--recipe default --epochs 12 --weight-decay 0.1 --peak-epoch 4 --crop-scale 0.75,1"
   runs=([C]="$C" [C_wd0.2]="$C --weight-decay 0.2" [C_wd0.3]="$C --weight-decay 0.3" [C_wd0.5]="$C --weight-decay 0.5"
         [C_flip_wd0.2]="$C --crop-scale none --weight-decay 0.2" [C_bs32_wd0.2]="$C --batch-size 32 --weight-decay 0.2"
         [C_ls0.1_wd0.2]="$C --label-smoothing 0.1 --weight-decay 0.2")
 elif [ "$set_" = d ]; then
-  C="--recipe default --epochs 12 --weight-decay 0.1 --peak-epoch 4"
+  C="--recipe default --epochs 12 --weight-decay 0.1 --peak-epoch 4 --crop-scale 0.75,1"
   runs=([C_lr0.02]="$C --lr 0.02" [C_lr0.005]="$C --lr 0.005" [C_wd0.05]="$C --weight-decay 0.05"
         [C_flip]="$C --crop-scale none" [C_crop0.5]="$C --crop-scale 0.5,1" [C_peak2]="$C --peak-epoch 2")
 else

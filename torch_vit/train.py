@@ -96,7 +96,7 @@ RECIPES = {
                  clip=1.0, knee_lr=0.05, crop_scale=(0.75, 1.0), flip=0.5, randaugment=(1, 8),
                  color_jitter=(0.1, 0.1, 0.1), erasing=0.25),
     "default": dict(epochs=24, batch_size=64, test_batch_size=64, lr=0.01, weight_decay=0.07, label_smoothing=0.0,
-                    clip=1.0, peak_epoch=2.0, knee_lr=0.05, crop_scale=(0.75, 1.0), flip=0.5, randaugment=None,
+                    clip=1.0, peak_epoch=2.0, knee_lr=0.05, crop_scale=(0.85, 1.0), flip=0.5, randaugment=None,
                     color_jitter=None, erasing=0.0),
 }
 
