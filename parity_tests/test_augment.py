@@ -88,6 +88,16 @@ def test_flip_equals_torchvision():
         assert torch.equal(out[k], TF.horizontal_flip(x[k]) if flip[k] else x[k])
 
 
+@pytest.mark.parametrize("padding,height,width", [(0, 32, 32), (2, 32, 32), (4, 24, 40)])
+def test_pad_crop_equals_torchvision(padding, height, width):
+    """RandomCrop((H, W), padding) is pad with zeros, then crop at the drawn offsets (v2's definition)."""
+    x = make_images(24, 40)[:, :, :height, :width]
+    out, (i, j) = A.pad_crop(x, padding, gen(4), return_params=True)
+    assert out.shape == x.shape and out.dtype == torch.uint8
+    for k in range(len(x)):
+        assert torch.equal(out[k], TF.crop(TF.pad(x[k], [padding]), int(i[k]), int(j[k]), height, width))
+
+
 @pytest.mark.parametrize("height,width", [(32, 32), (24, 40)])
 def test_rand_augment_table_is_torchvision(height, width):
     ours = A.rand_augment_space(31, height, width)
@@ -264,6 +274,18 @@ def test_flip_rate():
     assert not A.sample_flip_params(100, 0.0, gen(13)).any() and A.sample_flip_params(100, 1.0, gen(13)).all()
 
 
+def test_pad_crop_offsets_are_uniform_like_torchvision():
+    """RandomCrop.get_params draws top and left uniform on {0, ..., 2 * padding}, independently."""
+    n, padding = 20000, 2
+    i, j = A.sample_pad_crop_params(n, padding, gen(14))
+    for v in range(2 * padding + 1):
+        assert within(int((i == v).sum()), n, 1 / 5) and within(int((j == v).sum()), n, 1 / 5)
+        assert within(int(((i == v) & (j == 0)).sum()), n, 1 / 25)
+    assert i.min() == 0 and i.max() == 2 * padding
+    tv = torch.tensor([T.RandomCrop.get_params(torch.zeros(3, 32, 32), (28, 28))[0] for _ in range(5000)])
+    assert set(tv.tolist()) == set(range(5))  # torchvision's own draw has the same support
+
+
 def test_rand_augment_op_and_sign_frequencies():
     n = 14000
     ops, neg = A.sample_rand_augment_params(n, 1, gen(14))
@@ -398,7 +420,8 @@ def test_pipeline_dtype_shape_range():
 
 def test_augment_config_and_disabled_steps():
     aug = A.Augment.seed_recipe()
-    assert aug.config == {"crop_scale": (0.75, 1.0), "crop_ratio": (1.0, 1.0), "flip": 0.5, "randaugment": (1, 8),
+    assert aug.config == {"crop_scale": (0.75, 1.0), "crop_ratio": (1.0, 1.0), "pad_crop": 0, "flip": 0.5,
+                          "randaugment": (1, 8),
                           "color_jitter": (0.1, 0.1, 0.1), "erasing": 0.25, "mean": A.CIFAR10_MEAN,
                           "std": A.CIFAR10_STD, "size": 32}
     assert A.Augment(**aug.config).config == aug.config
@@ -410,6 +433,8 @@ def test_augment_config_and_disabled_steps():
         A.Augment()(make_images(2, 40), gen(0))
     with pytest.raises(ValueError):
         A.Augment(flip=1.5)
+    with pytest.raises(ValueError, match="pad_crop: expected a padding in pixels, an int >= 0, got -1"):
+        A.Augment(pad_crop=-1)
     with pytest.raises(TypeError):
         A.random_erasing(x, 0.5, generator=gen(0))
 
@@ -426,6 +451,18 @@ def test_pipeline_is_the_steps_in_order():
     y = A.normalize(y, A.CIFAR10_MEAN, A.CIFAR10_STD)
     y = A.random_erasing(y, 0.25, (0.02, 0.33), (0.3, 3.3), 0, g)
     assert torch.equal(a, y)
+
+
+def test_pipeline_with_pad_crop_is_the_steps_in_order():
+    """The padded crop comes after the resized crop and before the flip."""
+    x = make_images(24)
+    a = A.Augment(crop_scale=(0.85, 1.0), pad_crop=2, flip=0.5)(x, gen(51))
+    g = gen(51)
+    y = A.random_resized_crop(x, 32, (0.85, 1.0), (1.0, 1.0), g)
+    y = A.pad_crop(y, 2, g)
+    y = A.horizontal_flip(y, 0.5, g)
+    assert torch.equal(a, A.normalize(y, A.CIFAR10_MEAN, A.CIFAR10_STD))
+    assert not torch.equal(a, A.Augment(crop_scale=(0.85, 1.0), flip=0.5)(x, gen(51)))
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")

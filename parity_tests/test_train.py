@@ -81,7 +81,7 @@ def test_resume_after_sigkill_gives_the_same_weights(tmp_path):
 def test_outputs_and_evaluate_and_check(tmp_path):
     out = tmp_path / "run"
     r = cli("train", "--data", "synthetic", "--epochs", "2", "--betas", "0.85,0.99", "--no-decay", "norm,pos",
-            "--no-progress", "--device", "cpu", "--out", str(out))
+            "--pad-crop", "2", "--no-progress", "--device", "cpu", "--out", str(out))
     assert r.returncode == 0, r.stderr
     lines = [l for l in r.stdout.splitlines() if l.startswith("ViT: Epoch:")]
     assert len(lines) == 2 and all("| Train Acc: " in l and ", Test Acc: " in l and ", Time: " in l and ", lr: " in l
@@ -91,7 +91,7 @@ def test_outputs_and_evaluate_and_check(tmp_path):
     assert all({"epoch", "train_loss", "train_acc", "test_loss", "test_acc", "lr", "time"} <= set(r) for r in rows)
     config = json.loads((out / "config.json").read_text())
     assert config["epochs"] == 2 and config["recipe"] == "default" and config["data"] == "synthetic"
-    assert config["betas"] == [0.85, 0.99] and config["no_decay"] == ["norm", "pos"]
+    assert config["betas"] == [0.85, 0.99] and config["no_decay"] == ["norm", "pos"] and config["pad_crop"] == 2
     for png in ("curves.png", "confusion.png"):
         from PIL import Image
         with Image.open(out / png) as im:
@@ -149,6 +149,7 @@ def test_imagefolder_loader_reads_a_small_folder(tmp_path):
     (["--randaugment", "1"], "expected 2 comma-separated numbers or 'none', got '1'"),
     (["--no-decay", "norms"], "--no-decay: expected kinds among norm, bias, pos, got norms"),
     (["--betas", "0.9,1"], "expected two comma-separated numbers in [0, 1), got '0.9,1'"),
+    (["--pad-crop", "-2"], "--pad-crop: expected an integer >= 0, got '-2'"),
     (["--resume", "--out", "/nonexistent/run"], "--resume: expected /nonexistent/run/checkpoint.pt, found none"),
 ])
 def test_train_bad_input_is_one_line(args, expected):

@@ -31,9 +31,9 @@ from torchvision.transforms.v2 import functional as TF
 
 __all__ = ["CIFAR10_MEAN", "CIFAR10_STD", "RAND_AUGMENT_OPS", "Augment", "apply_color_jitter",
            "apply_rand_augment", "color_jitter", "erase", "eval_transform", "horizontal_flip",
-           "normalize", "rand_augment", "rand_augment_space", "random_erasing", "random_resized_crop",
+           "normalize", "pad_crop", "rand_augment", "rand_augment_space", "random_erasing", "random_resized_crop",
            "resized_crop", "sample_color_jitter_params", "sample_crop_params", "sample_erasing_params",
-           "sample_flip_params", "sample_rand_augment_params"]
+           "sample_flip_params", "sample_pad_crop_params", "sample_rand_augment_params"]
 
 CIFAR10_MEAN = (0.4914, 0.4822, 0.4465)
 CIFAR10_STD = (0.2471, 0.2435, 0.2616)
@@ -66,6 +66,12 @@ def _pair(v, name):
     if v is None or len(v) != 2 or not v[0] <= v[1]:
         raise ValueError(f"{name}: expected (min, max) with min <= max, got {v}")
     return float(v[0]), float(v[1])
+
+
+def _padding(v, name):
+    if isinstance(v, bool) or not isinstance(v, int) or v < 0:
+        raise ValueError(f"{name}: expected a padding in pixels, an int >= 0, got {v!r}")
+    return v
 
 
 def _randint_below(high, generator):
@@ -189,6 +195,32 @@ def random_resized_crop(x, size, scale, ratio, generator=None, return_params=Fal
     params = sample_crop_params(x.shape[0], x.shape[2], x.shape[3], scale, ratio, generator)
     out = resized_crop(x, *params, size)
     return (out, params) if return_params else out
+
+
+# ------------------------------------------------------------------ 1b. RandomCrop with padding
+
+def sample_pad_crop_params(n, padding, generator=None):
+    """Per-image offsets of RandomCrop(size=(H, W), padding) into the padded image: top i and left j,
+    each uniform on {0, ..., 2 * padding} as RandomCrop.get_params draws them. int64 (n,) each, on the CPU."""
+    _check_generator(generator)
+    high = torch.full((n,), 2 * padding + 1, dtype=torch.int64)
+    return _randint_below(high, generator), _randint_below(high, generator)
+
+
+def pad_crop(x, padding, generator=None, return_params=False):
+    """RandomCrop(size=(H, W), padding, fill=0) per image: the image shifted by up to ``padding`` pixels
+    each way, zeros where the shift uncovers. x: (B, C, H, W) -> same shape and dtype; with
+    ``return_params`` also (i, j), the offsets into the padded image."""
+    _check_images(x, "pad_crop", "any")
+    padding = _padding(padding, "pad_crop")
+    b, c, h, w = x.shape
+    i, j = sample_pad_crop_params(b, padding, generator)
+    padded = torch.nn.functional.pad(x, (padding,) * 4)  # (B, C, H + 2p, W + 2p)
+    rows = (i[:, None] + torch.arange(h)).to(x.device)  # (B, H)
+    cols = (j[:, None] + torch.arange(w)).to(x.device)  # (B, W)
+    out = padded.gather(2, rows[:, None, :, None].expand(b, c, h, w + 2 * padding))  # (B, C, H, W + 2p)
+    out = out.gather(3, cols[:, None, None, :].expand(b, c, h, w))  # (B, C, H, W)
+    return (out, (i, j)) if return_params else out
 
 
 # ---------------------------------------------------------------------- 2. RandomHorizontalFlip
@@ -477,17 +509,19 @@ def random_erasing(x, p, scale=(0.02, 0.33), ratio=(0.3, 3.3), value=0.0, genera
 # ---------------------------------------------------------------------------------- pipeline
 
 class Augment:
-    """The training pipeline: crop, flip, RandAugment, color jitter (uint8), then normalize, then
-    erasing (float), each step with per-image parameters; a disabled step (None or 0) is skipped.
+    """The training pipeline: resized crop, padded crop (a shift), flip, RandAugment, color jitter (uint8),
+    then normalize, then erasing (float), each step with per-image parameters; a disabled step (None or 0)
+    is skipped.
 
-    ``Augment(**config)`` with config keys crop_scale, crop_ratio, flip, randaugment, color_jitter,
-    erasing, mean, std, size (an int or (height, width); ``config`` gives them back).
+    ``Augment(**config)`` with config keys crop_scale, crop_ratio, pad_crop, flip, randaugment,
+    color_jitter, erasing, mean, std, size (an int or (height, width); ``config`` gives them back).
     ``aug(x_uint8, generator)``: (B, 3, H, W) uint8 -> (B, 3, size, size) float32, normalized."""
 
     def __init__(self, crop_scale=None, flip=0.0, randaugment=None, color_jitter=None, erasing=0.0,
-                 mean=CIFAR10_MEAN, std=CIFAR10_STD, size=32, crop_ratio=(1.0, 1.0)):
+                 mean=CIFAR10_MEAN, std=CIFAR10_STD, size=32, crop_ratio=(1.0, 1.0), pad_crop=0):
         self.crop_scale = None if crop_scale is None else _pair(crop_scale, "crop_scale")
         self.crop_ratio = _pair(crop_ratio, "crop_ratio")
+        self.pad_crop = _padding(pad_crop, "Augment: pad_crop")
         self.flip = float(flip or 0.0)
         self.randaugment = None if randaugment is None else (int(randaugment[0]), int(randaugment[1]))
         self.color_jitter = None if color_jitter is None else tuple(float(v) for v in color_jitter)
@@ -516,9 +550,9 @@ class Augment:
     @property
     def config(self):
         """The constructor's arguments as a plain dict (``Augment(**aug.config)`` rebuilds it)."""
-        return {"crop_scale": self.crop_scale, "crop_ratio": self.crop_ratio, "flip": self.flip,
-                "randaugment": self.randaugment, "color_jitter": self.color_jitter, "erasing": self.erasing,
-                "mean": self.mean, "std": self.std, "size": self.size}
+        return {"crop_scale": self.crop_scale, "crop_ratio": self.crop_ratio, "pad_crop": self.pad_crop,
+                "flip": self.flip, "randaugment": self.randaugment, "color_jitter": self.color_jitter,
+                "erasing": self.erasing, "mean": self.mean, "std": self.std, "size": self.size}
 
     @property
     def _size_hw(self):
@@ -537,6 +571,8 @@ class Augment:
         elif tuple(x.shape[2:]) != self._size_hw:
             raise ValueError(f"Augment: images are {tuple(x.shape[2:])} but size is {self.size} "
                              "and no crop resizes them")
+        if self.pad_crop > 0:
+            x = pad_crop(x, self.pad_crop, generator)
         if self.flip > 0:
             x = horizontal_flip(x, self.flip, generator)
         if self.randaugment is not None:

@@ -38,14 +38,20 @@ def _size(text):
     return parts[0] if len(parts) == 1 else tuple(parts)
 
 
-def _positive_int(text):
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
-    return value
+def _int_at_least(lo, what):
+    def parse(text):
+        try:
+            value = int(text)
+        except ValueError:
+            value = lo - 1
+        if value < lo:
+            raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}")
+        return value
+    return parse
+
+
+_positive_int = _int_at_least(1, "a positive integer")
+_nonneg_int = _int_at_least(0, "an integer >= 0")
 
 
 def _float_in(lo, hi, what):
@@ -227,7 +233,7 @@ def train_command(args):
     from .train import make_config, train
 
     scalars = ("epochs", "batch_size", "test_batch_size", "lr", "weight_decay", "no_decay", "betas",
-               "label_smoothing", "clip", "peak_epoch", "knee_epoch", "knee_lr", "flip", "erasing", "seed")
+               "label_smoothing", "clip", "peak_epoch", "knee_epoch", "knee_lr", "pad_crop", "flip", "erasing", "seed")
     overrides = {k: getattr(args, k) for k in scalars if getattr(args, k) is not None}
     overrides.update({k: getattr(args, k) for k in ("crop_scale", "randaugment", "color_jitter")
                       if hasattr(args, k)})  # given as 'none': that augmentation off
@@ -362,6 +368,8 @@ def build_parser():
     t.add_argument("--knee-epoch", type=_nonneg_float, help="end of the first decay (default epochs*4//5)")
     t.add_argument("--knee-lr", type=_fraction, help="learning rate at the knee, as a fraction of --lr")
     t.add_argument("--crop-scale", type=_tuple_or_none(float, 2), default=argparse.SUPPRESS, metavar="LO,HI|none")
+    t.add_argument("--pad-crop", type=_nonneg_int, metavar="PIXELS",
+                   help="RandomCrop with this zero padding (a shift of up to that many pixels); 0: off")
     t.add_argument("--flip", type=_fraction, help="horizontal flip probability")
     t.add_argument("--randaugment", type=_tuple_or_none(int, 2), default=argparse.SUPPRESS, metavar="OPS,MAGNITUDE|none")
     t.add_argument("--color-jitter", type=_tuple_or_none(float, 3), default=argparse.SUPPRESS, metavar="B,C,S|none")

@@ -57,6 +57,7 @@ class TrainConfig:
     knee_lr: float = 0.05
     # augmentation, in the seed's order (None or 0: off)
     crop_scale: tuple = (0.75, 1.0)
+    pad_crop: int = 0  # RandomCrop(size, padding=pad_crop): a shift of up to that many pixels
     flip: float = 0.5
     randaugment: tuple = (1, 8)
     color_jitter: tuple = (0.1, 0.1, 0.1)
@@ -93,11 +94,11 @@ _DEFAULTS = {f.name: f.default for f in dataclasses.fields(TrainConfig)}  # for 
 # same architecture in 24 epochs (README, "Training").
 RECIPES = {
     "seed": dict(epochs=25, batch_size=128, test_batch_size=64, lr=0.01, weight_decay=0.01, label_smoothing=0.0,
-                 clip=1.0, knee_lr=0.05, crop_scale=(0.75, 1.0), flip=0.5, randaugment=(1, 8),
+                 clip=1.0, knee_lr=0.05, crop_scale=(0.75, 1.0), pad_crop=0, flip=0.5, randaugment=(1, 8),
                  color_jitter=(0.1, 0.1, 0.1), erasing=0.25),
     "default": dict(epochs=24, batch_size=64, test_batch_size=64, lr=0.01, weight_decay=0.07, label_smoothing=0.0,
-                    clip=1.0, peak_epoch=2.0, knee_lr=0.05, crop_scale=(0.85, 1.0), flip=0.5, randaugment=None,
-                    color_jitter=None, erasing=0.0),
+                    clip=1.0, peak_epoch=2.0, knee_lr=0.05, crop_scale=(0.85, 1.0), pad_crop=0, flip=0.5,
+                    randaugment=None, color_jitter=None, erasing=0.0),
 }
 
 
@@ -131,7 +132,7 @@ def augmenter(cfg):
     h, w = cfg.image_size
     if h != w:
         raise ValueError(f"training augments square images, got image_size {tuple(cfg.image_size)}")
-    return Augment(crop_scale=cfg.crop_scale, flip=cfg.flip, randaugment=cfg.randaugment,
+    return Augment(crop_scale=cfg.crop_scale, pad_crop=cfg.pad_crop, flip=cfg.flip, randaugment=cfg.randaugment,
                    color_jitter=cfg.color_jitter, erasing=cfg.erasing, mean=cfg.mean, std=cfg.std, size=h)
 
 
