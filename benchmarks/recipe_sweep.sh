@@ -7,6 +7,7 @@
 #   SET c: 12 epochs; "C" = the default recipe as it was then (crop (0.75, 1) and flip, batch 64, weight decay 0.1, warm-up
 #          to 40% of the run), one or two changes each
 #   SET d: 12 epochs; C with one change each (learning rate, weight decay 0.05, crop, warm-up)
+#   SET e: 24 epochs; "D" = the default recipe now, and D with one change each (the knee, label smoothing)
 #   e.g. SWEEP_TIMEOUT=450 benchmarks/recipe_sweep.sh a imagefolder:/data/cifar10-jpeg runs/sweep-a cuda
 set -uo pipefail
 set_=$1; data=$2; out=$3; device=$4; cache=${5:-$HOME/.cache/convvit}
@@ -27,6 +28,10 @@ elif [ "$set_" = d ]; then
   C="--recipe default --epochs 12 --weight-decay 0.1 --peak-epoch 4 --crop-scale 0.75,1"
   runs=([C_lr0.02]="$C --lr 0.02" [C_lr0.005]="$C --lr 0.005" [C_wd0.05]="$C --weight-decay 0.05"
         [C_flip]="$C --crop-scale none" [C_crop0.5]="$C --crop-scale 0.5,1" [C_peak2]="$C --peak-epoch 2")
+elif [ "$set_" = e ]; then
+  D="--recipe default"
+  runs=([D]="$D" [D_knee20]="$D --knee-epoch 20" [D_knee21]="$D --knee-epoch 21" [D_knee22]="$D --knee-epoch 22"
+        [D_ls0.1]="$D --label-smoothing 0.1")
 else
   B="--recipe seed --epochs 12 --randaugment none --erasing 0 --color-jitter none"
   runs=([B]="$B" [B_wd0.05]="$B --weight-decay 0.05" [B_wd0.1]="$B --weight-decay 0.1" [B_bs64]="$B --batch-size 64"
