@@ -116,7 +116,8 @@ def make_config(recipe="default", **overrides):
         raise ValueError(f"--dtype: expected one of {', '.join(DTYPES)}, got {overrides['dtype']!r}")
     bad = [k for k in overrides.get("no_decay", ()) if k not in NO_DECAY_KINDS]
     if bad:
-        raise ValueError(f"--no-decay: expected kinds among {', '.join(NO_DECAY_KINDS)}, got {', '.join(bad)}")
+        raise ValueError(f"--no-decay: expected kinds among {', '.join(NO_DECAY_KINDS)}, "
+                         f"got {', '.join(map(repr, bad))}")
     unknown = set(overrides) - {f.name for f in dataclasses.fields(TrainConfig)}
     if unknown:
         raise ValueError(f"unknown settings: {', '.join(sorted(unknown))}")
