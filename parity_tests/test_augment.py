@@ -435,6 +435,8 @@ def test_augment_config_and_disabled_steps():
         A.Augment(flip=1.5)
     with pytest.raises(ValueError, match="pad_crop: expected a padding in pixels, an int >= 0, got -1"):
         A.Augment(pad_crop=-1)
+    with pytest.raises(ValueError, match="pad_crop: expected a padding in pixels, an int >= 0, got -1"):
+        A.sample_pad_crop_params(4, -1)
     with pytest.raises(TypeError):
         A.random_erasing(x, 0.5, generator=gen(0))
 

@@ -203,7 +203,7 @@ def sample_pad_crop_params(n, padding, generator=None):
     """Per-image offsets of RandomCrop(size=(H, W), padding) into the padded image: top i and left j,
     each uniform on {0, ..., 2 * padding} as RandomCrop.get_params draws them. int64 (n,) each, on the CPU."""
     _check_generator(generator)
-    high = torch.full((n,), 2 * padding + 1, dtype=torch.int64)
+    high = torch.full((n,), 2 * _padding(padding, "pad_crop") + 1, dtype=torch.int64)
     return _randint_below(high, generator), _randint_below(high, generator)
 
 
@@ -212,9 +212,8 @@ def pad_crop(x, padding, generator=None, return_params=False):
     each way, zeros where the shift uncovers. x: (B, C, H, W) -> same shape and dtype; with
     ``return_params`` also (i, j), the offsets into the padded image."""
     _check_images(x, "pad_crop", "any")
-    padding = _padding(padding, "pad_crop")
     b, c, h, w = x.shape
-    i, j = sample_pad_crop_params(b, padding, generator)
+    i, j = sample_pad_crop_params(b, padding, generator)  # checks the padding
     padded = torch.nn.functional.pad(x, (padding,) * 4)  # (B, C, H + 2p, W + 2p)
     rows = (i[:, None] + torch.arange(h)).to(x.device)  # (B, H)
     cols = (j[:, None] + torch.arange(w)).to(x.device)  # (B, W)
