@@ -68,6 +68,7 @@ def _float_in(lo, hi, what):
 
 _fraction = _float_in(0.0, 1.0, "a finite number in [0, 1]")
 _nonneg_float = _float_in(0.0, math.inf, "a finite number >= 0")
+_decay = _float_in(0.0, math.nextafter(1.0, 0.0), "a decay in [0, 1)")
 
 
 def _fd_rows(model, x, labels, label_smoothing, rng, count):
@@ -233,7 +234,8 @@ def train_command(args):
     from .train import make_config, train
 
     scalars = ("epochs", "batch_size", "test_batch_size", "lr", "weight_decay", "no_decay", "betas",
-               "label_smoothing", "clip", "peak_epoch", "knee_epoch", "knee_lr", "pad_crop", "flip", "erasing", "seed")
+               "label_smoothing", "clip", "ema", "peak_epoch", "knee_epoch", "knee_lr", "pad_crop", "flip", "erasing",
+               "seed")
     overrides = {k: getattr(args, k) for k in scalars if getattr(args, k) is not None}
     overrides.update({k: getattr(args, k) for k in ("crop_scale", "randaugment", "color_jitter")
                       if hasattr(args, k)})  # given as 'none': that augmentation off
@@ -364,6 +366,10 @@ def build_parser():
     t.add_argument("--betas", type=_betas, metavar="B1,B2", help="AdamW's betas (default 0.9,0.999)")
     t.add_argument("--label-smoothing", type=_fraction)
     t.add_argument("--clip", type=_nonneg_float, help="global gradient-norm clip (0: none)")
+    t.add_argument("--ema", type=_decay, metavar="DECAY",
+                   help="keep an exponential moving average of the weights, updated every step with this decay "
+                        "(e.g. 0.999; less over the first steps), evaluated beside them every epoch; it is the "
+                        "run's result (0: none, the default)")
     t.add_argument("--peak-epoch", type=_nonneg_float, help="end of the linear warm-up (default epochs*2//5)")
     t.add_argument("--knee-epoch", type=_nonneg_float, help="end of the first decay (default epochs*4//5)")
     t.add_argument("--knee-lr", type=_fraction, help="learning rate at the knee, as a fraction of --lr")

@@ -32,6 +32,9 @@ def plot_curves(history, path):
     a.set(xlabel="epoch", ylabel="cross-entropy", title="loss")
     b.plot(epochs, [100 * r["train_acc"] for r in history], "o-", label="train")
     b.plot(epochs, [100 * r["test_acc"] for r in history], "o-", label="test")
+    if all("ema_test_acc" in r for r in history):  # --ema: the moving average too
+        a.plot(epochs, [r["ema_test_loss"] for r in history], "o-", label="test (EMA)")
+        b.plot(epochs, [100 * r["ema_test_acc"] for r in history], "o-", label="test (EMA)")
     b.set(xlabel="epoch", ylabel="accuracy (%)", title="accuracy")
     from matplotlib.ticker import MaxNLocator
 

@@ -5,9 +5,12 @@ checkpoint.pt (model, optimizer and history after the last finished epoch, writt
 at the end curves.png, confusion.png and report.json (test accuracy per class, confusion matrix, and
 how many test images the NumPy model classifies as torch does). --resume continues from
 checkpoint.pt: every epoch draws its batches and augmentations from a generator seeded by
-(seed, epoch), so a resumed run ends with the same weights as an uninterrupted one.
+(seed, epoch), so a resumed run ends with the same weights as an uninterrupted one. With --ema, a
+moving average of the weights is updated after every step and evaluated beside them every epoch; it
+is the run's result (checkpoint.pt's model, the report), the trained weights kept for --resume.
 """
 
+import copy
 import dataclasses
 import json
 import math
@@ -49,6 +52,7 @@ class TrainConfig:
     betas: tuple = (0.9, 0.999)
     label_smoothing: float = 0.0
     clip: float = 1.0
+    ema: float = 0.0  # decay of an exponential moving average of the weights, updated every step (0: none)
     # piecewise-linear learning rate, stepped every batch: np.interp(t, [0, peak, knee, epochs],
     # [0, lr, lr * knee_lr, 0]), t = epoch + (step + 1) / steps; peak, knee default to the seed's
     # epochs * 2 // 5 and epochs * 4 // 5 (a peak or knee past the end is moved back to it)
@@ -94,10 +98,10 @@ _DEFAULTS = {f.name: f.default for f in dataclasses.fields(TrainConfig)}  # for 
 # same architecture in 24 epochs (README, "Training").
 RECIPES = {
     "seed": dict(epochs=25, batch_size=128, test_batch_size=64, lr=0.01, weight_decay=0.01, label_smoothing=0.0,
-                 clip=1.0, knee_lr=0.05, crop_scale=(0.75, 1.0), pad_crop=0, flip=0.5, randaugment=(1, 8),
+                 clip=1.0, ema=0.0, knee_lr=0.05, crop_scale=(0.75, 1.0), pad_crop=0, flip=0.5, randaugment=(1, 8),
                  color_jitter=(0.1, 0.1, 0.1), erasing=0.25),
     "default": dict(epochs=24, batch_size=64, test_batch_size=64, lr=0.01, weight_decay=0.07, label_smoothing=0.0,
-                    clip=1.0, peak_epoch=2.0, knee_lr=0.05, crop_scale=(0.85, 1.0), pad_crop=0, flip=0.5,
+                    clip=1.0, ema=0.0, peak_epoch=2.0, knee_lr=0.05, crop_scale=(0.85, 1.0), pad_crop=0, flip=0.5,
                     randaugment=None, color_jitter=None, erasing=0.0),
 }
 
@@ -118,6 +122,9 @@ def make_config(recipe="default", **overrides):
     if bad:
         raise ValueError(f"--no-decay: expected kinds among {', '.join(NO_DECAY_KINDS)}, "
                          f"got {', '.join(map(repr, bad))}")
+    ema = overrides.get("ema", 0.0)
+    if isinstance(ema, bool) or not isinstance(ema, (int, float)) or not 0 <= ema < 1:
+        raise ValueError(f"--ema: expected a decay in [0, 1), got {ema!r}")
     unknown = set(overrides) - {f.name for f in dataclasses.fields(TrainConfig)}
     if unknown:
         raise ValueError(f"unknown settings: {', '.join(sorted(unknown))}")
@@ -152,6 +159,13 @@ def no_decay_names(model, kinds):
 
 def _write_atomic(path, text):
     atomic_write(path, lambda f: f.write(text), binary=False)
+
+
+def ema_decay(decay, t):
+    """The moving average's decay after step t (0, 1, ...): ``decay``, but less over the first steps,
+    min(decay, (1 + t) / (10 + t)) as in TensorFlow's ExponentialMovingAverage with num_updates, so that
+    the initial weights are soon forgotten."""
+    return min(decay, (1 + t) / (10 + t))
 
 
 def _epoch_generator(seed, epoch):
@@ -195,6 +209,7 @@ class TorchBackend:
         else:
             groups = [p for _, p in params]
         self.opt = torch.optim.AdamW(groups, lr=cfg.lr, betas=cfg.betas, weight_decay=cfg.weight_decay)
+        self.ema_model = copy.deepcopy(self.model) if cfg.ema else None  # the weights' moving average
 
     def step(self, xb, yb, lr):
         """One training step on a normalized batch; returns (loss * batch, correct), as tensors."""
@@ -213,18 +228,25 @@ class TorchBackend:
         self.opt.step()
         return loss.detach() * len(yb), (logits.argmax(1) == yb).sum()
 
-    def test_logits(self, data):
-        return predict(self.model, data.test_x, self.cfg, self.device)
+    @torch.no_grad()
+    def update_ema(self, decay):
+        for a, w in zip(self.ema_model.parameters(), self.model.parameters()):
+            a.lerp_(w, 1 - decay)  # a += (1 - decay) * (w - a)
 
-    def torch_model(self):
-        return self.model
+    def test_logits(self, data, ema=False):
+        return predict(self.ema_model if ema else self.model, data.test_x, self.cfg, self.device)
+
+    def torch_model(self, ema=False):
+        return self.ema_model if ema else self.model
 
     def optimizer_state(self):
         return self.opt.state_dict()
 
     def load(self, ckpt):
-        self.model.load_state_dict(ckpt["model"])
+        self.model.load_state_dict(ckpt.get("train_model", ckpt["model"]))
         self.opt.load_state_dict(ckpt["optimizer"])
+        if self.ema_model is not None:
+            self.ema_model.load_state_dict(ckpt["model"])
 
 
 class NumpyBackend:
@@ -242,6 +264,7 @@ class NumpyBackend:
         self.skip_decay = no_decay_names(twin, cfg.no_decay)
         self.model = numpy_twin(twin, self.np_dtype)
         self.opt = self._optimizer()
+        self.ema_model = numpy_twin(twin, self.np_dtype) if cfg.ema else None  # the weights' moving average
 
     def _optimizer(self):
         cfg = self.cfg
@@ -262,17 +285,24 @@ class NumpyBackend:
         correct = int((logits.argmax(1) == y).sum())
         return torch.tensor(float(loss) * len(y), dtype=torch.float64), torch.tensor(correct)
 
-    def test_logits(self, data):
+    def update_ema(self, decay):
+        for (_, a), (_, w) in zip(self.ema_model.named_parameters(), self.model.named_parameters()):
+            a += (1 - decay) * (w - a)
+
+    def test_logits(self, data, ema=False):
         cfg, out = self.cfg, []
+        model = self.ema_model if ema else self.model
         for i in range(0, len(data.test_x), cfg.test_batch_size):
             xb = normalize(data.test_x[i:i + cfg.test_batch_size], cfg.mean, cfg.std).numpy()
-            out.append(torch.from_numpy(self.model.forward(xb.astype(self.np_dtype))))
+            out.append(torch.from_numpy(model.forward(xb.astype(self.np_dtype))))
         return torch.cat(out)
 
-    def torch_model(self):
-        """A torch_vit holding the current weights (in the run's dtype), for checkpoints and reports."""
+    def torch_model(self, ema=False):
+        """A torch_vit holding the current weights (or their moving average) in the run's dtype, for
+        checkpoints and reports."""
         model = ViT(**self.cfg.model_config()).to(DTYPES[self.cfg.dtype][0])
-        model.load_state_dict({k: torch.from_numpy(v.copy()) for k, v in self.model.state_dict().items()})
+        weights = (self.ema_model if ema else self.model).state_dict()
+        model.load_state_dict({k: torch.from_numpy(v) for k, v in weights.items()})  # state_dict() copies
         return model
 
     def optimizer_state(self):
@@ -280,9 +310,11 @@ class NumpyBackend:
         return _map_arrays(self.opt.state_dict(), np.ndarray, torch.from_numpy)
 
     def load(self, ckpt):
-        self.model.load_state_dict(ckpt["model"])
+        self.model.load_state_dict(ckpt.get("train_model", ckpt["model"]))
         self.opt = self._optimizer()  # over the loaded arrays
         self.opt.load_state_dict(_map_arrays(ckpt["optimizer"], torch.Tensor, lambda t: t.numpy()))
+        if self.ema_model is not None:
+            self.ema_model.load_state_dict(ckpt["model"])
 
 
 def _map_arrays(opt_state, kind, convert):
@@ -338,6 +370,8 @@ def train(cfg, data, out, resume=False, device=None, progress=True, log=print, s
             yb = train_y[idx]
             lr = cfg.lr_at(epoch + (step + 1) / steps)
             loss_b, correct_b = run.step(xb, yb, lr)
+            if cfg.ema:
+                run.update_ema(ema_decay(cfg.ema, epoch * steps + step))
             loss_sum += loss_b.to(device)
             correct_t += correct_b.to(device)
             seen += len(idx)
@@ -345,19 +379,26 @@ def train(cfg, data, out, resume=False, device=None, progress=True, log=print, s
         bar.close()
         train_time = time.perf_counter() - started
         test = evaluate_logits(run.test_logits(data), data.test_y)
+        if cfg.ema:
+            ema = evaluate_logits(run.test_logits(data, ema=True), data.test_y)
+            test.update(ema_test_loss=ema["test_loss"], ema_test_acc=ema["test_acc"])
         row = dict(epoch=epoch, train_loss=loss_sum.item() / seen, train_acc=int(correct_t) / seen, **test,
                    lr=lr, time=time.perf_counter() - started, train_img_s=seen / train_time)
         history.append(row)
-        # the checkpoint first: metrics.jsonl never lists an epoch that --resume cannot find
-        save_checkpoint(run.torch_model(), ckpt_path, optimizer=run.optimizer_state(), epoch=epoch, history=history,
-                        train_config=dataclasses.asdict(cfg), classes=data.classes, norm=(cfg.mean, cfg.std))
+        # the checkpoint first: metrics.jsonl never lists an epoch that --resume cannot find. Its model is
+        # the run's result, the moving average with --ema (the trained weights then go under train_model)
+        extra = dict(train_model=run.torch_model().state_dict()) if cfg.ema else {}
+        save_checkpoint(run.torch_model(ema=bool(cfg.ema)), ckpt_path, optimizer=run.optimizer_state(), epoch=epoch,
+                        history=history, train_config=dataclasses.asdict(cfg), classes=data.classes,
+                        norm=(cfg.mean, cfg.std), **extra)
         _write_atomic(os.path.join(out, "metrics.jsonl"), "".join(json.dumps(r) + "\n" for r in history))
-        log(f"ViT: Epoch: {epoch} | Train Acc: {row['train_acc']:.4f}, Test Acc: {row['test_acc']:.4f}, "
+        ema_acc = f"EMA Test Acc: {row['ema_test_acc']:.4f}, " if cfg.ema else ""
+        log(f"ViT: Epoch: {epoch} | Train Acc: {row['train_acc']:.4f}, Test Acc: {row['test_acc']:.4f}, {ema_acc}"
             f"Time: {row['time']:.1f}, lr: {lr:.6f}")
         done += 1
         if stop_after is not None and done >= stop_after and epoch + 1 < cfg.epochs:
-            return run.torch_model(), history
-    return run.torch_model(), history
+            break
+    return run.torch_model(ema=bool(cfg.ema)), history
 
 
 def _plain(v):
