@@ -11,8 +11,6 @@
 #   e.g. SWEEP_TIMEOUT=450 benchmarks/recipe_sweep.sh a imagefolder:/data/cifar10-jpeg runs/sweep-a cuda
 set -uo pipefail
 set_=$1; data=$2; out=$3; device=$4; cache=${5:-$HOME/.cache/convvit}
-mkdir -p "$out"
-python3 -c "from torch_vit.data import load; load('$data', cache_dir='$cache', progress=False)"  # decode once
 declare -A runs
 if [ "$set_" = a ]; then
   A="--recipe seed --epochs 24 --randaugment none --erasing 0"
@@ -32,11 +30,16 @@ elif [ "$set_" = e ]; then
   D="--recipe default"
   runs=([D]="$D" [D_knee20]="$D --knee-epoch 20" [D_knee21]="$D --knee-epoch 21" [D_knee22]="$D --knee-epoch 22"
         [D_ls0.1]="$D --label-smoothing 0.1")
-else
+elif [ "$set_" = b ]; then
   B="--recipe seed --epochs 12 --randaugment none --erasing 0 --color-jitter none"
   runs=([B]="$B" [B_wd0.05]="$B --weight-decay 0.05" [B_wd0.1]="$B --weight-decay 0.1" [B_bs64]="$B --batch-size 64"
         [B_clip0]="$B --clip 0" [B_wd0.05_lr0.003]="$B --weight-decay 0.05 --lr 0.003")
+else
+  echo "recipe_sweep.sh: expected a SET among a, b, c, d, e, got '$set_'" >&2
+  exit 2
 fi
+mkdir -p "$out"
+python3 -c "from torch_vit.data import load; load('$data', cache_dir='$cache', progress=False)"  # decode once
 for name in "${!runs[@]}"; do
   OMP_NUM_THREADS=2 timeout "${SWEEP_TIMEOUT:-3000}" python3 -m torch_vit.cli train --data "$data" --cache-dir "$cache" \
     --device "$device" --no-progress --out "$out/$name" ${runs[$name]} > "$out/$name.log" 2>&1 &
@@ -49,6 +52,7 @@ for name in sorted(os.listdir(out)):
     path = os.path.join(out, name, "metrics.jsonl")
     if os.path.isfile(path):
         rows = [json.loads(l) for l in open(path)]
-        print(f"{name:<18} epochs done {len(rows):>2}  last test {100 * rows[-1]['test_acc']:.2f}%  "
+        ema = f"  EMA {100 * rows[-1]['ema_test_acc']:.2f}%" if "ema_test_acc" in rows[-1] else ""
+        print(f"{name:<18} epochs done {len(rows):>2}  last test {100 * rows[-1]['test_acc']:.2f}%{ema}  "
               f"train {100 * rows[-1]['train_acc']:.2f}%  {sum(r['time'] for r in rows) / len(rows):.1f} s/epoch")
 PY
