@@ -233,7 +233,7 @@ def train_command(args):
     from .report import plot_curves, write_report
     from .train import make_config, train
 
-    scalars = ("epochs", "batch_size", "test_batch_size", "lr", "weight_decay", "no_decay", "betas",
+    scalars = ("epochs", "batch_size", "test_batch_size", "optimizer", "lr", "weight_decay", "no_decay", "betas",
                "label_smoothing", "clip", "ema", "peak_epoch", "knee_epoch", "knee_lr", "pad_crop", "flip", "erasing",
                "seed")
     overrides = {k: getattr(args, k) for k in scalars if getattr(args, k) is not None}
@@ -358,6 +358,10 @@ def build_parser():
     t.add_argument("--epochs", type=_positive_int)
     t.add_argument("--batch-size", type=_positive_int)
     t.add_argument("--test-batch-size", type=_positive_int)
+    t.add_argument("--optimizer", metavar="adamw|muon",
+                   help="adamw (both recipes) | muon: torch.optim.Muon (momentum 0.95, Nesterov, its update scaled to "
+                        "AdamW's, so --lr and --weight-decay carry over) for the blocks' 1x1-conv weights, AdamW for "
+                        "the rest; torch backend, torch >= 2.9")
     t.add_argument("--lr", type=_nonneg_float, help="peak learning rate")
     t.add_argument("--weight-decay", type=_nonneg_float)
     t.add_argument("--no-decay", type=_kinds, metavar="KINDS|none",

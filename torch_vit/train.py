@@ -46,6 +46,7 @@ class TrainConfig:
     epochs: int = 24
     batch_size: int = 128
     test_batch_size: int = 64
+    optimizer: str = "adamw"  # adamw | muon: torch.optim.Muon for the blocks' 1x1-conv weights, AdamW for the rest
     lr: float = 0.01
     weight_decay: float = 0.01
     no_decay: tuple = ()  # parameters AdamW does not decay, by kind: "norm" (LayerNorm), "bias", "pos"
@@ -97,16 +98,17 @@ _DEFAULTS = {f.name: f.default for f in dataclasses.fields(TrainConfig)}  # for 
 # The seed's run, setting for setting (../shared/seed/RECIPE.md), and the best recipe found for the
 # same architecture in 24 epochs (README, "Training").
 RECIPES = {
-    "seed": dict(epochs=25, batch_size=128, test_batch_size=64, lr=0.01, weight_decay=0.01, label_smoothing=0.0,
+    "seed": dict(epochs=25, batch_size=128, test_batch_size=64, optimizer="adamw", lr=0.01, weight_decay=0.01, label_smoothing=0.0,
                  clip=1.0, ema=0.0, knee_lr=0.05, crop_scale=(0.75, 1.0), pad_crop=0, flip=0.5, randaugment=(1, 8),
                  color_jitter=(0.1, 0.1, 0.1), erasing=0.25),
-    "default": dict(epochs=24, batch_size=64, test_batch_size=64, lr=0.01, weight_decay=0.07, label_smoothing=0.0,
+    "default": dict(epochs=24, batch_size=64, test_batch_size=64, optimizer="adamw", lr=0.01, weight_decay=0.07, label_smoothing=0.0,
                     clip=1.0, ema=0.0, peak_epoch=2.0, knee_lr=0.05, crop_scale=(0.85, 1.0), pad_crop=0, flip=0.5,
                     randaugment=None, color_jitter=None, erasing=0.0),
 }
 
 
 BACKENDS = ("torch", "numpy")
+OPTIMIZERS = ("adamw", "muon")
 NO_DECAY_KINDS = ("norm", "bias", "pos")
 DTYPES = {"float32": (torch.float32, np.float32), "float64": (torch.float64, np.float64)}
 
@@ -116,6 +118,8 @@ def make_config(recipe="default", **overrides):
         raise ValueError(f"--recipe: expected one of {', '.join(RECIPES)}, got {recipe!r}")
     if overrides.get("backend", "torch") not in BACKENDS:
         raise ValueError(f"--backend: expected one of {', '.join(BACKENDS)}, got {overrides['backend']!r}")
+    if overrides.get("optimizer", "adamw") not in OPTIMIZERS:
+        raise ValueError(f"--optimizer: expected one of {', '.join(OPTIMIZERS)}, got {overrides['optimizer']!r}")
     if overrides.get("dtype", "float32") not in DTYPES:
         raise ValueError(f"--dtype: expected one of {', '.join(DTYPES)}, got {overrides['dtype']!r}")
     bad = [k for k in overrides.get("no_decay", ()) if k not in NO_DECAY_KINDS]
@@ -155,6 +159,15 @@ def no_decay_names(model, kinds):
                     or ("pos" in kinds and name.endswith("pos_embedding"))):
                 names.add(name)
     return names
+
+
+def muon_names(model):
+    """Names of the parameters of a torch_vit ``model`` that --optimizer muon gives to Muon: the weights
+    of the 1x1 convolutions in the transformer blocks (q, k, v, unify_heads, the MLP's two), matrices
+    (out, in) in all but shape. The patch embedding, positional embedding, norms, biases and the head
+    stay with AdamW, as Muon's authors advise for a network's first and last layers."""
+    return {name for name, p in model.named_parameters()
+            if name.startswith("transformer.") and p.ndim == 4 and p.shape[2:] == (1, 1)}
 
 
 def _write_atomic(path, text):
@@ -202,6 +215,17 @@ class TorchBackend:
         torch.manual_seed(cfg.seed)
         self.model = ViT(**cfg.model_config()).to(device, self.dtype, memory_format=torch.channels_last)
         params = list(self.model.named_parameters())
+        self.muon, self.muon_views = None, []
+        if cfg.optimizer == "muon":
+            if not hasattr(torch.optim, "Muon"):
+                raise ValueError(f"--optimizer muon: expected torch >= 2.9 (torch.optim.Muon), got {torch.__version__}")
+            hidden = muon_names(self.model)
+            # torch.optim.Muon takes 2D parameters: (out, in) views sharing each 1x1 conv weight's storage, so
+            # its in-place update is the conv's; their grads are set from the conv's before every step
+            self.muon_views = [(p, torch.nn.Parameter(p.data.view(p.shape[0], -1))) for n, p in params if n in hidden]
+            self.muon = torch.optim.Muon([v for _, v in self.muon_views], lr=cfg.lr, weight_decay=cfg.weight_decay,
+                                         adjust_lr_fn="match_rms_adamw")  # so AdamW's lr and decay carry over
+            params = [(n, p) for n, p in params if n not in hidden]
         if cfg.no_decay:  # a second group without decay; one group otherwise, as before the setting existed
             skip = no_decay_names(self.model, cfg.no_decay)
             groups = [{"params": [p for n, p in params if n not in skip]},
@@ -215,17 +239,21 @@ class TorchBackend:
         """One training step on a normalized batch; returns (loss * batch, correct), as tensors."""
         cfg = self.cfg
         xb = xb.to(self.dtype).contiguous(memory_format=torch.channels_last)
-        for group in self.opt.param_groups:
+        for group in self.opt.param_groups + (self.muon.param_groups if self.muon else []):
             group["lr"] = lr
         self.model.train()
         with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=cfg.amp and self.device.type == "cuda"):
             logits = self.model(xb)
             loss = F.cross_entropy(logits.to(self.dtype), yb, label_smoothing=cfg.label_smoothing)
-        self.opt.zero_grad(set_to_none=True)
+        self.model.zero_grad(set_to_none=True)  # every parameter, Muon's too
         loss.backward()
         if cfg.clip:
             torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.clip)
         self.opt.step()
+        if self.muon:
+            for p, view in self.muon_views:
+                view.grad = p.grad.view(view.shape)
+            self.muon.step()
         return loss.detach() * len(yb), (logits.argmax(1) == yb).sum()
 
     @torch.no_grad()
@@ -240,11 +268,17 @@ class TorchBackend:
         return self.ema_model if ema else self.model
 
     def optimizer_state(self):
+        if self.muon:
+            return {"adamw": self.opt.state_dict(), "muon": self.muon.state_dict()}
         return self.opt.state_dict()
 
     def load(self, ckpt):
         self.model.load_state_dict(ckpt.get("train_model", ckpt["model"]))
-        self.opt.load_state_dict(ckpt["optimizer"])
+        if self.muon:
+            self.opt.load_state_dict(ckpt["optimizer"]["adamw"])
+            self.muon.load_state_dict(ckpt["optimizer"]["muon"])
+        else:
+            self.opt.load_state_dict(ckpt["optimizer"])
         if self.ema_model is not None:
             self.ema_model.load_state_dict(ckpt["model"])
 
@@ -258,6 +292,8 @@ class NumpyBackend:
             raise ValueError(f"--backend numpy runs on the CPU, got --device {device}")
         if cfg.amp:
             raise ValueError("--amp: bfloat16 autocast is for the torch backend on CUDA, not --backend numpy")
+        if cfg.optimizer != "adamw":
+            raise ValueError(f"--optimizer {cfg.optimizer}: for the torch backend; --backend numpy has AdamW only")
         self.cfg, self.np_dtype = cfg, DTYPES[cfg.dtype][1]
         torch.manual_seed(cfg.seed)
         twin = ViT(**cfg.model_config())
