@@ -92,6 +92,57 @@ class SGD:
             p -= self.lr * d
 
 
+def zeropower_via_newtonschulz(g, coefficients=(3.4445, -4.7750, 2.0315), steps=5, eps=1e-7):
+    """torch.optim.Muon's orthogonalisation of a matrix G = U S V^T into about U V^T (singular values
+    brought into roughly [0.7, 1.2], not exactly 1): X = G / max(|G|_F, eps), wide (transposed if tall);
+    then ``steps`` times A = X X^T, X = a X + (b A + c A A) X. In G's dtype: torch works in bfloat16,
+    which NumPy does not have."""
+    a, b, c = coefficients
+    tall = g.shape[0] > g.shape[1]
+    x = g.T if tall else g
+    x = x / max(np.sqrt(np.sum(x * x)), eps)
+    for _ in range(steps):
+        gram = x @ x.T  # (rows, rows)
+        x = a * x + (b * gram + c * (gram @ gram)) @ x
+    return x.T if tall else x
+
+
+class Muon:
+    """torch.optim.Muon (Nesterov, adjust_lr_fn="match_rms_adamw") for matrices given as arrays whose
+    first axis is the output (a 1x1 convolution's (out, in, 1, 1) weight: the matrix (out, in)):
+
+        buf = lerp(buf, g, 1 - momentum)          (torch's lerp_: buf + (1 - momentum) * (g - buf))
+        u = lerp(g, buf, momentum)                (Nesterov)
+        p *= 1 - lr * weight_decay
+        p -= lr * 0.2 * sqrt(max(out, in)) * NS(u)   (NS: zeropower_via_newtonschulz; the factor makes
+                                                      the update's RMS about AdamW's, 0.2 lr)
+    """
+
+    def __init__(self, params, lr=1e-3, momentum=0.95, weight_decay=0.1):
+        self.params = params  # {name: ndarray}, updated in place
+        self.lr, self.momentum, self.weight_decay = lr, momentum, weight_decay
+        self.state = {name: dict(momentum_buffer=np.zeros(p.shape, p.dtype)) for name, p in params.items()}
+
+    def step(self, grads):
+        mu = self.momentum
+        for name, p in self.params.items():
+            shape = (p.shape[0], p.size // p.shape[0])
+            g, buf = grads[name].reshape(shape), self.state[name]["momentum_buffer"].reshape(shape)  # views
+            buf += (1 - mu) * (g - buf)
+            update = zeropower_via_newtonschulz(g + mu * (buf - g))
+            p *= 1 - self.lr * self.weight_decay
+            p -= (self.lr * 0.2 * math.sqrt(max(shape))) * update.reshape(p.shape)
+
+    def state_dict(self):
+        return dict(lr=self.lr, momentum=self.momentum, weight_decay=self.weight_decay,
+                    state={k: {"momentum_buffer": s["momentum_buffer"].copy()} for k, s in self.state.items()})
+
+    def load_state_dict(self, d):
+        self.lr, self.momentum, self.weight_decay = d["lr"], d["momentum"], d["weight_decay"]
+        for k, s in d["state"].items():
+            self.state[k] = dict(momentum_buffer=np.array(s["momentum_buffer"], dtype=self.params[k].dtype))
+
+
 def clip_grad_norm(grads, max_norm):
     """torch.nn.utils.clip_grad_norm_ (L2): scale every gradient, in place, by
     min(1, max_norm / (total_norm + 1e-6)), total_norm the L2 norm of all of them together.

@@ -24,7 +24,7 @@ import torch.nn.functional as F
 
 import numpy_vit
 from numpy_vit.io import atomic_write
-from numpy_vit.optim import AdamW, clip_grad_norm
+from numpy_vit.optim import AdamW, Muon, clip_grad_norm
 
 from .augment import CIFAR10_MEAN, CIFAR10_STD, Augment, normalize
 from .checkpoint import CONFIG_KEYS, load_checkpoint, numpy_twin, save_checkpoint
@@ -284,7 +284,7 @@ class TorchBackend:
 
 
 class NumpyBackend:
-    """numpy_vit's forward and hand-written backward, numpy_vit.optim's AdamW and clipping, on the CPU.
+    """numpy_vit's forward and hand-written backward, numpy_vit.optim's AdamW (and Muon) and clipping, on the CPU.
     The initial weights are the torch backend's for the same seed, and the batches are the same."""
 
     def __init__(self, cfg, device):
@@ -292,20 +292,23 @@ class NumpyBackend:
             raise ValueError(f"--backend numpy runs on the CPU, got --device {device}")
         if cfg.amp:
             raise ValueError("--amp: bfloat16 autocast is for the torch backend on CUDA, not --backend numpy")
-        if cfg.optimizer != "adamw":
-            raise ValueError(f"--optimizer {cfg.optimizer}: for the torch backend; --backend numpy has AdamW only")
         self.cfg, self.np_dtype = cfg, DTYPES[cfg.dtype][1]
         torch.manual_seed(cfg.seed)
         twin = ViT(**cfg.model_config())
         self.skip_decay = no_decay_names(twin, cfg.no_decay)
+        self.hidden = muon_names(twin) if cfg.optimizer == "muon" else set()
         self.model = numpy_twin(twin, self.np_dtype)
-        self.opt = self._optimizer()
+        self.opt, self.muon = self._optimizers()
         self.ema_model = numpy_twin(twin, self.np_dtype) if cfg.ema else None  # the weights' moving average
 
-    def _optimizer(self):
-        cfg = self.cfg
-        return AdamW(dict(self.model.named_parameters()), lr=cfg.lr, betas=cfg.betas, weight_decay=cfg.weight_decay,
-                     skip_decay=self.skip_decay)
+    def _optimizers(self):
+        """(AdamW, Muon or None) over the model's arrays, split as the torch backend splits them."""
+        cfg, params = self.cfg, dict(self.model.named_parameters())
+        adamw = AdamW({n: p for n, p in params.items() if n not in self.hidden}, lr=cfg.lr, betas=cfg.betas,
+                      weight_decay=cfg.weight_decay, skip_decay=self.skip_decay)
+        muon = Muon({n: p for n, p in params.items() if n in self.hidden}, lr=cfg.lr,
+                    weight_decay=cfg.weight_decay) if self.hidden else None
+        return adamw, muon
 
     def step(self, xb, yb, lr):
         cfg = self.cfg
@@ -318,6 +321,9 @@ class NumpyBackend:
             clip_grad_norm(grads, cfg.clip)
         self.opt.lr = lr
         self.opt.step(grads)
+        if self.muon:
+            self.muon.lr = lr
+            self.muon.step(grads)
         correct = int((logits.argmax(1) == y).sum())
         return torch.tensor(float(loss) * len(y), dtype=torch.float64), torch.tensor(correct)
 
@@ -343,12 +349,20 @@ class NumpyBackend:
 
     def optimizer_state(self):
         """AdamW's state with its arrays as tensors, which a weights-only torch.load reads back."""
+        if self.muon:
+            return {"adamw": _map_arrays(self.opt.state_dict(), np.ndarray, torch.from_numpy),
+                    "muon": _map_arrays(self.muon.state_dict(), np.ndarray, torch.from_numpy)}
         return _map_arrays(self.opt.state_dict(), np.ndarray, torch.from_numpy)
 
     def load(self, ckpt):
         self.model.load_state_dict(ckpt.get("train_model", ckpt["model"]))
-        self.opt = self._optimizer()  # over the loaded arrays
-        self.opt.load_state_dict(_map_arrays(ckpt["optimizer"], torch.Tensor, lambda t: t.numpy()))
+        self.opt, self.muon = self._optimizers()  # over the loaded arrays
+        to_numpy = lambda state: _map_arrays(state, torch.Tensor, lambda t: t.numpy())  # noqa: E731
+        if self.muon:
+            self.opt.load_state_dict(to_numpy(ckpt["optimizer"]["adamw"]))
+            self.muon.load_state_dict(to_numpy(ckpt["optimizer"]["muon"]))
+        else:
+            self.opt.load_state_dict(to_numpy(ckpt["optimizer"]))
         if self.ema_model is not None:
             self.ema_model.load_state_dict(ckpt["model"])
 
