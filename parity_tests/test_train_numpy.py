@@ -20,7 +20,7 @@ QUIET = dict(progress=False, log=lambda *a: None, device="cpu")
 
 
 def _run(tmp_path, name, **settings):
-    cfg = make_config("default", **{**TINY, "epochs": 4, "lr": 0.005, "seed": 3, **settings})
+    cfg = make_config("default", **{**TINY, "epochs": 4, "lr": 0.005, "seed": 3, "optimizer": "adamw", **settings})
     data = data_mod.make_synthetic(1024, 256, size=(16, 16))
     model, history = train(cfg, data, str(tmp_path / name), **QUIET)
     return cfg, data, model, history
