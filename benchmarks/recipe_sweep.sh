@@ -7,7 +7,9 @@
 #   SET c: 12 epochs; "C" = the default recipe as it was then (crop (0.75, 1) and flip, batch 64, weight decay 0.1, warm-up
 #          to 40% of the run), one or two changes each
 #   SET d: 12 epochs; C with one change each (learning rate, weight decay 0.05, crop, warm-up)
-#   SET e: 24 epochs; "D" = the default recipe now, and D with one change each (the knee, label smoothing)
+#   SET e: 24 epochs; "D" = the default recipe of the time (AdamW), and D with one change each (the knee, label
+#          smoothing)
+#   SET f: 24 epochs; the default recipe with AdamW and with Muon, four seeds each (both also report an EMA, 0.999)
 #   e.g. SWEEP_TIMEOUT=450 benchmarks/recipe_sweep.sh a imagefolder:/data/cifar10-jpeg runs/sweep-a cuda
 set -uo pipefail
 set_=$1; data=$2; out=$3; device=$4; cache=${5:-$HOME/.cache/convvit}
@@ -30,12 +32,17 @@ elif [ "$set_" = e ]; then
   D="--recipe default"
   runs=([D]="$D" [D_knee20]="$D --knee-epoch 20" [D_knee21]="$D --knee-epoch 21" [D_knee22]="$D --knee-epoch 22"
         [D_ls0.1]="$D --label-smoothing 0.1")
+elif [ "$set_" = f ]; then
+  for s in 0 1 2 3; do
+    runs[adamw_s$s]="--recipe default --optimizer adamw --ema 0.999 --seed $s"
+    runs[muon_s$s]="--recipe default --optimizer muon --ema 0.999 --seed $s"
+  done
 elif [ "$set_" = b ]; then
   B="--recipe seed --epochs 12 --randaugment none --erasing 0 --color-jitter none"
   runs=([B]="$B" [B_wd0.05]="$B --weight-decay 0.05" [B_wd0.1]="$B --weight-decay 0.1" [B_bs64]="$B --batch-size 64"
         [B_clip0]="$B --clip 0" [B_wd0.05_lr0.003]="$B --weight-decay 0.05 --lr 0.003")
 else
-  echo "recipe_sweep.sh: expected a SET among a, b, c, d, e, got '$set_'" >&2
+  echo "recipe_sweep.sh: expected a SET among a, b, c, d, e, f, got '$set_'" >&2
   exit 2
 fi
 mkdir -p "$out"
