@@ -20,16 +20,16 @@ if [ "$set_" = a ]; then
         [A_lr0.005]="$A --lr 0.005" [A_peak4]="$A --peak-epoch 4" [A_nojitter]="$A --color-jitter none"
         [A_wd0.05]="$A --weight-decay 0.05")
 elif [ "$set_" = c ]; then
-  C="--recipe default --epochs 12 --weight-decay 0.1 --peak-epoch 4 --crop-scale 0.75,1"
+  C="--recipe default --optimizer adamw --epochs 12 --weight-decay 0.1 --peak-epoch 4 --crop-scale 0.75,1"
   runs=([C]="$C" [C_wd0.2]="$C --weight-decay 0.2" [C_wd0.3]="$C --weight-decay 0.3" [C_wd0.5]="$C --weight-decay 0.5"
         [C_flip_wd0.2]="$C --crop-scale none --weight-decay 0.2" [C_bs32_wd0.2]="$C --batch-size 32 --weight-decay 0.2"
         [C_ls0.1_wd0.2]="$C --label-smoothing 0.1 --weight-decay 0.2")
 elif [ "$set_" = d ]; then
-  C="--recipe default --epochs 12 --weight-decay 0.1 --peak-epoch 4 --crop-scale 0.75,1"
+  C="--recipe default --optimizer adamw --epochs 12 --weight-decay 0.1 --peak-epoch 4 --crop-scale 0.75,1"
   runs=([C_lr0.02]="$C --lr 0.02" [C_lr0.005]="$C --lr 0.005" [C_wd0.05]="$C --weight-decay 0.05"
         [C_flip]="$C --crop-scale none" [C_crop0.5]="$C --crop-scale 0.5,1" [C_peak2]="$C --peak-epoch 2")
 elif [ "$set_" = e ]; then
-  D="--recipe default"
+  D="--recipe default --optimizer adamw"
   runs=([D]="$D" [D_knee20]="$D --knee-epoch 20" [D_knee21]="$D --knee-epoch 21" [D_knee22]="$D --knee-epoch 22"
         [D_ls0.1]="$D --label-smoothing 0.1")
 elif [ "$set_" = f ]; then

@@ -1,8 +1,8 @@
 """Training throughput on this machine: the data pipeline alone (batched augmentation of in-memory
-uint8 images), a full training step (augmentation + forward + backward + clip + AdamW) of
-``convvit train``'s torch backend (channels_last memory), of the same step in torch's default
-contiguous layout, and of the NumPy backend (``--backend numpy``, float32), and evaluation, at batch
-128 by default, for a recipe's augmentations.
+uint8 images), a full training step (augmentation + forward + backward + clip + the recipe's optimiser)
+of ``convvit train``'s torch backend (channels_last memory) and of the NumPy backend (``--backend numpy``,
+float32), the torch step with AdamW alone when the recipe's optimiser is Muon, the AdamW step in torch's
+default contiguous layout, and evaluation, at batch 128 by default, for a recipe's augmentations.
 
     python benchmarks/train_throughput.py --recipe seed --out benchmarks/results/train_throughput.json
 """
@@ -60,19 +60,21 @@ def main(argv=None):
 
     results = {}
     results["pipeline_img_s"] = B / timed(pipeline, args.repeats)
-    for backend in ("torch", "numpy"):  # the training loop's own step (torch_vit/train.py)
-        run = (TorchBackend if backend == "torch" else NumpyBackend)(make_config(args.recipe, backend=backend),
-                                                                       device)
+    steps = {"train_step_img_s": dict(backend="torch"), "train_step_img_s_numpy": dict(backend="numpy")}
+    if cfg.optimizer != "adamw":
+        steps["train_step_img_s_adamw"] = dict(backend="torch", optimizer="adamw")
+    for key, settings in steps.items():  # the training loop's own step (torch_vit/train.py)
+        if settings["backend"] == "numpy" and device.type != "cpu":
+            continue  # the NumPy backend runs on the CPU only
+        run = (TorchBackend if settings["backend"] == "torch" else NumpyBackend)(make_config(args.recipe, **settings),
+                                                                                 device)
 
         def step():
             i = idx()
             run.step(augment(x[i], g), y[i], cfg.lr)
             sync()
 
-        key = "train_step_img_s" if backend == "torch" else "train_step_img_s_numpy"
-        results[key] = B / timed(step, args.repeats if backend == "torch" else max(3, args.repeats // 3))
-        if device.type != "cpu":
-            break  # the NumPy backend runs on the CPU only
+        results[key] = B / timed(step, args.repeats if settings["backend"] == "torch" else max(3, args.repeats // 3))
     torch.manual_seed(0)
     model = ViT(**cfg.model_config()).to(device)  # torch's default contiguous layout, for comparison
     opt = torch.optim.AdamW(model.parameters(), lr=1e-3, weight_decay=0.01)

@@ -48,7 +48,8 @@ def test_ema_model_is_the_moving_average_of_the_weights():
 
 
 def _run(tmp_path, name, **settings):
-    cfg = make_config("default", **{**TINY, "epochs": 2, "lr": 0.005, "seed": 3, "ema": 0.99, **settings})
+    cfg = make_config("default", **{**TINY, "epochs": 2, "lr": 0.005, "seed": 3, "ema": 0.99, "optimizer": "adamw",
+                                    **settings})
     data = data_mod.make_synthetic(512, 256, size=(16, 16))
     model, history = train(cfg, data, str(tmp_path / name), **QUIET)
     return model, history

@@ -142,8 +142,9 @@ def test_resume_with_muon_equals_a_straight_run(tmp_path, backend):
 
 def test_muon_changes_the_run(tmp_path):
     data = data_mod.make_synthetic(256, 64, size=(16, 16))
-    a, _ = train(make_config("default", **TINY, epochs=1), data, str(tmp_path / "a"), **QUIET)
+    a, _ = train(make_config("default", **TINY, epochs=1, optimizer="adamw"), data, str(tmp_path / "a"), **QUIET)
     b, _ = train(make_config("default", **TINY, epochs=1, optimizer="muon"), data, str(tmp_path / "b"), **QUIET)
+    assert make_config("default").optimizer == "muon" and make_config("seed").optimizer == "adamw"
     name = sorted(muon_names(a))[0]
     assert not torch.allclose(a.state_dict()[name], b.state_dict()[name])
 

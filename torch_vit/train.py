@@ -98,12 +98,12 @@ _DEFAULTS = {f.name: f.default for f in dataclasses.fields(TrainConfig)}  # for 
 # The seed's run, setting for setting (../shared/seed/RECIPE.md), and the best recipe found for the
 # same architecture in 24 epochs (README, "Training").
 RECIPES = {
-    "seed": dict(epochs=25, batch_size=128, test_batch_size=64, optimizer="adamw", lr=0.01, weight_decay=0.01, label_smoothing=0.0,
-                 clip=1.0, ema=0.0, knee_lr=0.05, crop_scale=(0.75, 1.0), pad_crop=0, flip=0.5, randaugment=(1, 8),
-                 color_jitter=(0.1, 0.1, 0.1), erasing=0.25),
-    "default": dict(epochs=24, batch_size=64, test_batch_size=64, optimizer="adamw", lr=0.01, weight_decay=0.07, label_smoothing=0.0,
-                    clip=1.0, ema=0.0, peak_epoch=2.0, knee_lr=0.05, crop_scale=(0.85, 1.0), pad_crop=0, flip=0.5,
-                    randaugment=None, color_jitter=None, erasing=0.0),
+    "seed": dict(epochs=25, batch_size=128, test_batch_size=64, optimizer="adamw", lr=0.01, weight_decay=0.01,
+                 label_smoothing=0.0, clip=1.0, ema=0.0, knee_lr=0.05, crop_scale=(0.75, 1.0), pad_crop=0, flip=0.5,
+                 randaugment=(1, 8), color_jitter=(0.1, 0.1, 0.1), erasing=0.25),
+    "default": dict(epochs=24, batch_size=64, test_batch_size=64, optimizer="muon", lr=0.01, weight_decay=0.07,
+                    label_smoothing=0.0, clip=1.0, ema=0.0, peak_epoch=2.0, knee_lr=0.05, crop_scale=(0.85, 1.0),
+                    pad_crop=0, flip=0.5, randaugment=None, color_jitter=None, erasing=0.0),
 }
 
 
