@@ -22,9 +22,6 @@ from test_train import TINY, cli
 
 QUIET = dict(progress=False, log=lambda *a: None, device="cpu")
 
-pytestmark = pytest.mark.skipif(not hasattr(torch.optim, "Muon"), reason="torch.optim.Muon needs torch >= 2.9")
-
-
 def test_muon_names_are_the_blocks_1x1_conv_weights():
     model = ViT(image_size=(32, 32), patch_size=2, in_channels=3, embedding_dim=32, depth=4, head_channels=8,
                 num_classes=10)

@@ -208,7 +208,8 @@ def evaluate_logits(logits, labels):
 
 
 class TorchBackend:
-    """torch_vit in channels_last memory, torch.optim.AdamW, clip_grad_norm_, autocast when asked."""
+    """torch_vit in channels_last memory, torch.optim.AdamW (and torch.optim.Muon), clip_grad_norm_, autocast
+    when asked."""
 
     def __init__(self, cfg, device):
         self.cfg, self.device, self.dtype = cfg, device, DTYPES[cfg.dtype][0]
@@ -348,7 +349,7 @@ class NumpyBackend:
         return model
 
     def optimizer_state(self):
-        """AdamW's state with its arrays as tensors, which a weights-only torch.load reads back."""
+        """AdamW's state (and Muon's) with its arrays as tensors, which a weights-only torch.load reads back."""
         if self.muon:
             return {"adamw": _map_arrays(self.opt.state_dict(), np.ndarray, torch.from_numpy),
                     "muon": _map_arrays(self.muon.state_dict(), np.ndarray, torch.from_numpy)}
