@@ -82,11 +82,15 @@ def test_newton_schulz_keeps_the_singular_vectors(shape):
     assert 0.6 <= np.diag(d).min() and np.diag(d).max() <= 1.25, np.diag(d)
 
 
-@pytest.fixture
-def exact_torch_muon(monkeypatch):
+def _without_bfloat16(monkeypatch):
     """torch.optim.Muon orthogonalises ``grad.bfloat16()``; with that cast made a copy it works in the
     gradient's own dtype, as numpy_vit's Muon does."""
     monkeypatch.setattr(torch.Tensor, "bfloat16", lambda self, *args, **kwargs: self.clone())
+
+
+@pytest.fixture
+def exact_torch_muon(monkeypatch):
+    _without_bfloat16(monkeypatch)
 
 
 def _three_muon_steps():
@@ -152,7 +156,7 @@ def test_numpy_backend_step_is_the_torch_backends(monkeypatch, exact):
     1e-12 with torch's bfloat16 cast patched out; as torch is, the Muon ones within 10% of the update
     (measured: up to 7.4%, the real gradients being far from full rank) and the rest still to 1e-12."""
     if exact:
-        monkeypatch.setattr(torch.Tensor, "bfloat16", lambda self, *args, **kwargs: self.clone())
+        _without_bfloat16(monkeypatch)
     cfg = make_config("default", **TINY, optimizer="muon", dtype="float64", backend="numpy")
     t_run = TorchBackend(make_config("default", **TINY, optimizer="muon", dtype="float64"), torch.device("cpu"))
     n_run = NumpyBackend(cfg, torch.device("cpu"))
