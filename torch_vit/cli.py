@@ -69,6 +69,7 @@ def _float_in(lo, hi, what):
 _fraction = _float_in(0.0, 1.0, "a finite number in [0, 1]")
 _nonneg_float = _float_in(0.0, math.inf, "a finite number >= 0")
 _decay = _float_in(0.0, math.nextafter(1.0, 0.0), "a decay in [0, 1)")
+_momentum = _float_in(0.0, math.nextafter(1.0, 0.0), "a momentum in [0, 1)")
 
 
 def _fd_rows(model, x, labels, label_smoothing, rng, count):
@@ -233,9 +234,9 @@ def train_command(args):
     from .report import plot_curves, write_report
     from .train import make_config, train
 
-    scalars = ("epochs", "batch_size", "test_batch_size", "optimizer", "lr", "weight_decay", "no_decay", "betas",
-               "label_smoothing", "clip", "ema", "peak_epoch", "knee_epoch", "knee_lr", "pad_crop", "flip", "erasing",
-               "seed")
+    scalars = ("epochs", "batch_size", "test_batch_size", "optimizer", "lr", "muon_lr", "muon_momentum",
+               "weight_decay", "no_decay", "betas", "label_smoothing", "clip", "ema", "peak_epoch", "knee_epoch",
+               "knee_lr", "pad_crop", "flip", "erasing", "seed")
     overrides = {k: getattr(args, k) for k in scalars if getattr(args, k) is not None}
     overrides.update({k: getattr(args, k) for k in ("crop_scale", "randaugment", "color_jitter")
                       if hasattr(args, k)})  # given as 'none': that augmentation off
@@ -359,10 +360,13 @@ def build_parser():
     t.add_argument("--batch-size", type=_positive_int)
     t.add_argument("--test-batch-size", type=_positive_int)
     t.add_argument("--optimizer", metavar="adamw|muon",
-                   help="adamw (both recipes) | muon: torch.optim.Muon (momentum 0.95, Nesterov, its update scaled to "
-                        "AdamW's, so --lr and --weight-decay carry over) for the blocks' 1x1-conv weights, AdamW for "
-                        "the rest; torch backend, torch >= 2.9")
+                   help="adamw (the seed recipe) | muon (the default): torch.optim.Muon (Nesterov, its update scaled "
+                        "to AdamW's, so --lr and --weight-decay carry over) for the blocks' 1x1-conv weights, AdamW "
+                        "for the rest; torch >= 2.9")
     t.add_argument("--lr", type=_nonneg_float, help="peak learning rate")
+    t.add_argument("--muon-lr", type=_nonneg_float, metavar="LR",
+                   help="Muon's peak learning rate, on the same schedule (default: --lr)")
+    t.add_argument("--muon-momentum", type=_momentum, metavar="M", help="Muon's momentum (default 0.95)")
     t.add_argument("--weight-decay", type=_nonneg_float)
     t.add_argument("--no-decay", type=_kinds, metavar="KINDS|none",
                    help="parameters AdamW does not decay: comma-separated among norm (LayerNorm), bias, pos "

@@ -48,6 +48,8 @@ class TrainConfig:
     test_batch_size: int = 64
     optimizer: str = "adamw"  # adamw | muon: torch.optim.Muon for the blocks' 1x1-conv weights, AdamW for the rest
     lr: float = 0.01
+    muon_lr: float = None  # Muon's peak learning rate, on the same schedule (None: lr)
+    muon_momentum: float = 0.95
     weight_decay: float = 0.01
     no_decay: tuple = ()  # parameters AdamW does not decay, by kind: "norm" (LayerNorm), "bias", "pos"
     betas: tuple = (0.9, 0.999)
@@ -77,16 +79,22 @@ class TrainConfig:
     backend: str = "torch"  # torch: torch_vit; numpy: numpy_vit's forward, backward and AdamW on the CPU
     dtype: str = "float32"  # of the weights and the arithmetic (float64 for exact comparisons)
 
-    def schedule(self):
+    def schedule(self, lr=None):
+        """(epochs, learning rates) of the piecewise-linear schedule peaking at ``lr`` (default self.lr)."""
+        lr = self.lr if lr is None else lr
         peak = self.epochs * 2 // 5 if self.peak_epoch is None else self.peak_epoch
         knee = self.epochs * 4 // 5 if self.knee_epoch is None else self.knee_epoch
         peak = min(peak, self.epochs)  # a short run (--epochs 1) of a recipe with a fixed warm-up
         knee = min(max(knee, peak), self.epochs)
-        return [0, peak, knee, self.epochs], [0, self.lr, self.lr * self.knee_lr, 0]
+        return [0, peak, knee, self.epochs], [0, lr, lr * self.knee_lr, 0]
 
-    def lr_at(self, t):
-        xp, fp = self.schedule()
+    def lr_at(self, t, lr=None):
+        xp, fp = self.schedule(lr)
         return float(np.interp(t, xp, fp))
+
+    def muon_lr_at(self, t):
+        """Muon's learning rate at t: the same schedule, peaking at muon_lr (at lr when that is None)."""
+        return self.lr_at(t, self.muon_lr)
 
     def model_config(self):
         return {k: getattr(self, k) for k in CONFIG_KEYS if hasattr(self, k)}
@@ -126,6 +134,18 @@ def make_config(recipe="default", **overrides):
     if bad:
         raise ValueError(f"--no-decay: expected kinds among {', '.join(NO_DECAY_KINDS)}, "
                          f"got {', '.join(map(repr, bad))}")
+    muon_settings = [k for k in ("muon_lr", "muon_momentum") if k in overrides]
+    optimizer = overrides.get("optimizer", RECIPES[recipe]["optimizer"])
+    if muon_settings and optimizer != "muon":
+        raise ValueError(f"--{muon_settings[0].replace('_', '-')}: applies to --optimizer muon, "
+                         f"got --optimizer {optimizer} (--recipe {recipe})")
+    muon_lr = overrides.get("muon_lr")
+    if muon_lr is not None and (isinstance(muon_lr, bool) or not isinstance(muon_lr, (int, float))
+                                or not 0 <= muon_lr < math.inf):
+        raise ValueError(f"--muon-lr: expected a finite learning rate >= 0, got {muon_lr!r}")
+    momentum = overrides.get("muon_momentum", 0.95)
+    if isinstance(momentum, bool) or not isinstance(momentum, (int, float)) or not 0 <= momentum < 1:
+        raise ValueError(f"--muon-momentum: expected a momentum in [0, 1), got {momentum!r}")
     ema = overrides.get("ema", 0.0)
     if isinstance(ema, bool) or not isinstance(ema, (int, float)) or not 0 <= ema < 1:
         raise ValueError(f"--ema: expected a decay in [0, 1), got {ema!r}")
@@ -225,6 +245,7 @@ class TorchBackend:
             # its in-place update is the conv's; their grads are set from the conv's before every step
             self.muon_views = [(p, torch.nn.Parameter(p.data.view(p.shape[0], -1))) for n, p in params if n in hidden]
             self.muon = torch.optim.Muon([v for _, v in self.muon_views], lr=cfg.lr, weight_decay=cfg.weight_decay,
+                                         momentum=cfg.muon_momentum,
                                          adjust_lr_fn="match_rms_adamw")  # so AdamW's lr and decay carry over
             params = [(n, p) for n, p in params if n not in hidden]
         if cfg.no_decay:  # a second group without decay; one group otherwise, as before the setting existed
@@ -236,12 +257,15 @@ class TorchBackend:
         self.opt = torch.optim.AdamW(groups, lr=cfg.lr, betas=cfg.betas, weight_decay=cfg.weight_decay)
         self.ema_model = copy.deepcopy(self.model) if cfg.ema else None  # the weights' moving average
 
-    def step(self, xb, yb, lr):
-        """One training step on a normalized batch; returns (loss * batch, correct), as tensors."""
+    def step(self, xb, yb, lr, muon_lr=None):
+        """One training step on a normalized batch at learning rate ``lr`` (Muon's: ``muon_lr``, default
+        ``lr``); returns (loss * batch, correct), as tensors."""
         cfg = self.cfg
         xb = xb.to(self.dtype).contiguous(memory_format=torch.channels_last)
-        for group in self.opt.param_groups + (self.muon.param_groups if self.muon else []):
+        for group in self.opt.param_groups:
             group["lr"] = lr
+        for group in self.muon.param_groups if self.muon else []:
+            group["lr"] = lr if muon_lr is None else muon_lr
         self.model.train()
         with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=cfg.amp and self.device.type == "cuda"):
             logits = self.model(xb)
@@ -307,11 +331,11 @@ class NumpyBackend:
         cfg, params = self.cfg, dict(self.model.named_parameters())
         adamw = AdamW({n: p for n, p in params.items() if n not in self.hidden}, lr=cfg.lr, betas=cfg.betas,
                       weight_decay=cfg.weight_decay, skip_decay=self.skip_decay)
-        muon = Muon({n: p for n, p in params.items() if n in self.hidden}, lr=cfg.lr,
+        muon = Muon({n: p for n, p in params.items() if n in self.hidden}, lr=cfg.lr, momentum=cfg.muon_momentum,
                     weight_decay=cfg.weight_decay) if self.hidden else None
         return adamw, muon
 
-    def step(self, xb, yb, lr):
+    def step(self, xb, yb, lr, muon_lr=None):
         cfg = self.cfg
         x, y = xb.numpy().astype(self.np_dtype), yb.numpy()
         logits = self.model.forward(x)  # (B, K)
@@ -323,7 +347,7 @@ class NumpyBackend:
         self.opt.lr = lr
         self.opt.step(grads)
         if self.muon:
-            self.muon.lr = lr
+            self.muon.lr = lr if muon_lr is None else muon_lr
             self.muon.step(grads)
         correct = int((logits.argmax(1) == y).sum())
         return torch.tensor(float(loss) * len(y), dtype=torch.float64), torch.tensor(correct)
@@ -419,8 +443,9 @@ def train(cfg, data, out, resume=False, device=None, progress=True, log=print, s
             idx = perm[step * cfg.batch_size:(step + 1) * cfg.batch_size]
             xb = augment(train_x[idx], g)  # the same batches on both backends for the same seed
             yb = train_y[idx]
-            lr = cfg.lr_at(epoch + (step + 1) / steps)
-            loss_b, correct_b = run.step(xb, yb, lr)
+            t = epoch + (step + 1) / steps
+            lr = cfg.lr_at(t)
+            loss_b, correct_b = run.step(xb, yb, lr, cfg.muon_lr_at(t))
             if cfg.ema:
                 run.update_ema(ema_decay(cfg.ema, epoch * steps + step))
             loss_sum += loss_b.to(device)
