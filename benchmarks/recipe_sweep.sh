@@ -10,6 +10,8 @@
 #   SET e: 24 epochs; "D" = the default recipe of the time (AdamW), and D with one change each (the knee, label
 #          smoothing)
 #   SET f: 24 epochs; the default recipe with AdamW and with Muon, four seeds each (both also report an EMA, 0.999)
+#   SET g: 24 epochs; the default recipe (Muon), and it with one change each to Muon (its learning rate, momentum)
+#          or to the weight decay
 #   e.g. SWEEP_TIMEOUT=450 benchmarks/recipe_sweep.sh a imagefolder:/data/cifar10-jpeg runs/sweep-a cuda
 set -uo pipefail
 set_=$1; data=$2; out=$3; device=$4; cache=${5:-$HOME/.cache/convvit}
@@ -37,12 +39,16 @@ elif [ "$set_" = f ]; then
     runs[adamw_s$s]="--recipe default --optimizer adamw --ema 0.999 --seed $s"
     runs[muon_s$s]="--recipe default --optimizer muon --ema 0.999 --seed $s"
   done
+elif [ "$set_" = g ]; then
+  runs=([M]="" [M_mlr0.005]="--muon-lr 0.005" [M_mlr0.02]="--muon-lr 0.02" [M_mlr0.04]="--muon-lr 0.04"
+        [M_mom0.9]="--muon-momentum 0.9" [M_mom0.98]="--muon-momentum 0.98" [M_wd0.035]="--weight-decay 0.035"
+        [M_wd0.14]="--weight-decay 0.14")
 elif [ "$set_" = b ]; then
   B="--recipe seed --epochs 12 --randaugment none --erasing 0 --color-jitter none"
   runs=([B]="$B" [B_wd0.05]="$B --weight-decay 0.05" [B_wd0.1]="$B --weight-decay 0.1" [B_bs64]="$B --batch-size 64"
         [B_clip0]="$B --clip 0" [B_wd0.05_lr0.003]="$B --weight-decay 0.05 --lr 0.003")
 else
-  echo "recipe_sweep.sh: expected a SET among a, b, c, d, e, f, got '$set_'" >&2
+  echo "recipe_sweep.sh: expected a SET among a, b, c, d, e, f, g, got '$set_'" >&2
   exit 2
 fi
 mkdir -p "$out"
