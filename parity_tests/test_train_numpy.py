@@ -127,3 +127,18 @@ def test_check_steps_prints_both_trajectories():
     assert r.returncode == 0, r.stdout + r.stderr
     assert "float64 training trajectory: 3 steps" in r.stdout and "float32 training trajectory: 3 steps" in r.stdout
     assert r.stdout.count("  pass: worst max rel") == 2
+
+
+def test_check_steps_with_muon():
+    r = cli("check", "--steps", "2", "--batch", "2", "--dim", "8", "--depth", "1", "--image-size", "8",
+            "--head-channels", "4", "--optimizer", "muon")
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert r.stdout.count("training trajectory: 2 steps of Muon for the blocks' 1x1-conv weights") == 2, r.stdout
+    assert r.stdout.count("  pass: worst max rel") == 2
+
+
+def test_check_optimizer_without_steps_is_one_line():
+    r = cli("check", "--optimizer", "muon")
+    assert r.returncode == 2, r.stdout + r.stderr
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and "--optimizer muon: it is the optimiser of the --steps trajectories" in lines[0], r.stderr

@@ -1,9 +1,14 @@
 """Trajectory parity: NumPy training (numpy_vit.optim) against torch training, step by step, from the
-same weights on the same batches, with AdamW, clipping, the seed's schedule and label smoothing."""
+same weights on the same batches, with AdamW (or Muon and AdamW), clipping, the seed's schedule and
+label smoothing."""
+
+import contextlib
 
 import numpy as np
+import torch
 
 import numpy_vit.optim
+import torch_vit.trajectory
 from torch_vit.trajectory import TRAJECTORY_BOUNDS, run_trajectory
 
 SMALL = dict(image_size=(8, 12), patch_size=2, in_channels=3, embedding_dim=16, depth=2, head_channels=8,
@@ -50,3 +55,39 @@ def test_seed_configuration_100_steps_within_the_bounds():
         assert tr.ok, tr.first_failure
         assert len(tr.worst) == 100 and max(tr.worst) <= TRAJECTORY_BOUNDS[np.dtype(dtype)]
         assert tr.losses[-1][1] != tr.losses[0][1]
+
+
+def test_muon_trajectory_holds_1e_9_and_fails_with_torchs_bfloat16(monkeypatch):
+    """--optimizer muon's split (Muon for the blocks' 1x1-conv weights, AdamW for the rest): float64 within
+    1e-9 for 20 steps with torch's Newton-Schulz map in float64; with its bfloat16 cast left in, the weights
+    part at the first step. The patch does not outlive the run."""
+    cast = torch.Tensor.bfloat16
+    tr = run_trajectory(SMALL, steps=20, dtype=np.float64, batch=4, lr=0.003, steps_per_epoch=5, epochs=6,
+                        optimizer="muon")
+    assert tr.ok, tr.first_failure
+    assert torch.Tensor.bfloat16 is cast and torch.ones(2, dtype=torch.float64).bfloat16().dtype == torch.bfloat16
+    assert tr.losses[-1][1] != tr.losses[0][1]
+
+    monkeypatch.setattr(torch_vit.trajectory, "newton_schulz_in_weights_dtype", contextlib.nullcontext)
+    tr = run_trajectory(SMALL, steps=3, dtype=np.float64, batch=4, lr=0.003, steps_per_epoch=5, epochs=6,
+                        optimizer="muon")
+    assert tr.first_failure.startswith("step 0: ") and ".fn." in tr.first_failure, tr.first_failure
+
+
+def test_muon_trajectory_names_a_wrong_momentum(monkeypatch):
+    """numpy_vit's Muon with its momentum off by 1%: the first step, (1 - m^2) g, orthogonalises to the
+    same update, so the trajectories part at step 1, in a Muon weight."""
+    real = numpy_vit.optim.Muon.step
+
+    def momentum_off(self, grads):
+        self.momentum *= 0.99
+        try:
+            real(self, grads)
+        finally:
+            self.momentum /= 0.99
+
+    monkeypatch.setattr(numpy_vit.optim.Muon, "step", momentum_off)
+    tr = run_trajectory(SMALL, steps=3, dtype=np.float64, batch=2, lr=0.003, steps_per_epoch=3, epochs=1,
+                        optimizer="muon")
+    assert tr.worst[0] <= 1e-12 and not tr.ok, (tr.worst, tr.first_failure)
+    assert tr.first_failure.startswith("step 1: ") and ".fn." in tr.first_failure, tr.first_failure

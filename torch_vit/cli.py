@@ -100,6 +100,9 @@ def check(args, out=None):
     """Run the check; return the exit status (0 all passed, 1 a check failed)."""
     out = sys.stdout if out is None else out
     started = time.perf_counter()
+    if args.optimizer and not args.steps:
+        raise UsageError(f"--optimizer {args.optimizer}: it is the optimiser of the --steps trajectories, and no "
+                         "--steps N was given")
     if args.checkpoint:
         try:
             torch_model, _ = load_checkpoint(args.checkpoint, head_channels=args.head_channels)
@@ -172,14 +175,18 @@ def _trajectory_check(torch_model, dtype, args, out):
 
     dtype = np.dtype(dtype)
     every = max(1, args.steps // 10)
-    print(f"\n{dtype.name} training trajectory: {args.steps} steps of AdamW (lr 0.01, weight decay 0.01, clip 1, "
-          f"the seed's schedule at 391 steps per epoch), batch {args.batch} of N(0, 1) images, label smoothing "
+    optimizer = args.optimizer or "adamw"
+    described = ("AdamW" if optimizer == "adamw" else
+                 "Muon for the blocks' 1x1-conv weights (its Newton-Schulz map in the weights' dtype, not bfloat16) "
+                 "and AdamW for the rest")
+    print(f"\n{dtype.name} training trajectory: {args.steps} steps of {described} (lr 0.01, weight decay 0.01, clip "
+          f"1, the seed's schedule at 391 steps per epoch), batch {args.batch} of N(0, 1) images, label smoothing "
           f"{args.label_smoothing}; pass when the loss and every weight stay within max rel "
           f"{TRAJECTORY_BOUNDS[dtype]:.0e} after every step", file=out)
     print(f"  {'step':>6} {'numpy loss':>22} {'torch loss':>22} {'worst max rel':>14}", file=out)
     with tqdm(total=args.steps, desc=f"{dtype.name} trajectory", unit="step", leave=False, file=sys.stderr) as bar:
         tr = run_trajectory(torch_model.config, steps=args.steps, dtype=dtype, seed=args.seed, batch=args.batch,
-                            label_smoothing=args.label_smoothing, state=torch_model.state_dict(),
+                            label_smoothing=args.label_smoothing, state=torch_model.state_dict(), optimizer=optimizer,
                             progress=lambda step, worst: bar.update())
     for step, (ln, lt) in enumerate(tr.losses):
         if step % every == 0 or step == args.steps - 1:
@@ -347,6 +354,8 @@ def build_parser():
     c.add_argument("--steps", type=_positive_int, default=None, metavar="N",
                    help="also train N steps in NumPy and in torch from the same weights on the same batches, "
                         "float64 and float32, and compare the loss and every weight after each step")
+    c.add_argument("--optimizer", choices=("adamw", "muon"), default=None,
+                   help="of the --steps trajectories: adamw (the seed's run; default) | muon (the default recipe's)")
 
     t = sub.add_parser("train", help="train torch_vit (the seed architecture) on CIFAR-10, an image folder or synthetic data",
                        description="Trains with a recipe (--recipe seed: the seed's run, setting for setting; "

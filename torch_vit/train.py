@@ -190,6 +190,25 @@ def muon_names(model):
             if name.startswith("transformer.") and p.ndim == 4 and p.shape[2:] == (1, 1)}
 
 
+def torch_muon(model, lr, weight_decay, momentum):
+    """torch.optim.Muon for the ``muon_names`` weights of a torch_vit ``model``, and [(weight, view)]: Muon
+    takes 2D parameters, so it gets (out, in) views sharing each 1x1 conv weight's storage (its in-place
+    update is the conv's); ``muon_step`` sets their grads from the conv's before each step."""
+    if not hasattr(torch.optim, "Muon"):
+        raise ValueError(f"--optimizer muon: expected torch >= 2.9 (torch.optim.Muon), got {torch.__version__}")
+    hidden = muon_names(model)
+    views = [(p, torch.nn.Parameter(p.data.view(p.shape[0], -1))) for n, p in model.named_parameters() if n in hidden]
+    muon = torch.optim.Muon([v for _, v in views], lr=lr, weight_decay=weight_decay, momentum=momentum,
+                            adjust_lr_fn="match_rms_adamw")  # so AdamW's lr and decay carry over
+    return muon, views
+
+
+def muon_step(muon, views):
+    for p, view in views:
+        view.grad = p.grad.view(view.shape)
+    muon.step()
+
+
 def _write_atomic(path, text):
     atomic_write(path, lambda f: f.write(text), binary=False)
 
@@ -238,15 +257,8 @@ class TorchBackend:
         params = list(self.model.named_parameters())
         self.muon, self.muon_views = None, []
         if cfg.optimizer == "muon":
-            if not hasattr(torch.optim, "Muon"):
-                raise ValueError(f"--optimizer muon: expected torch >= 2.9 (torch.optim.Muon), got {torch.__version__}")
+            self.muon, self.muon_views = torch_muon(self.model, cfg.lr, cfg.weight_decay, cfg.muon_momentum)
             hidden = muon_names(self.model)
-            # torch.optim.Muon takes 2D parameters: (out, in) views sharing each 1x1 conv weight's storage, so
-            # its in-place update is the conv's; their grads are set from the conv's before every step
-            self.muon_views = [(p, torch.nn.Parameter(p.data.view(p.shape[0], -1))) for n, p in params if n in hidden]
-            self.muon = torch.optim.Muon([v for _, v in self.muon_views], lr=cfg.lr, weight_decay=cfg.weight_decay,
-                                         momentum=cfg.muon_momentum,
-                                         adjust_lr_fn="match_rms_adamw")  # so AdamW's lr and decay carry over
             params = [(n, p) for n, p in params if n not in hidden]
         if cfg.no_decay:  # a second group without decay; one group otherwise, as before the setting existed
             skip = no_decay_names(self.model, cfg.no_decay)
@@ -276,9 +288,7 @@ class TorchBackend:
             torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.clip)
         self.opt.step()
         if self.muon:
-            for p, view in self.muon_views:
-                view.grad = p.grad.view(view.shape)
-            self.muon.step()
+            muon_step(self.muon, self.muon_views)
         return loss.detach() * len(yb), (logits.argmax(1) == yb).sum()
 
     @torch.no_grad()
