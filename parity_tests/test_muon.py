@@ -5,6 +5,7 @@ map is a polynomial of G's singular values with G's singular vectors, and its st
 float64 once torch's bfloat16 cast in that map is patched out (``exact_torch_muon``), and within a few
 percent of the update with it."""
 
+import contextlib
 import copy
 
 import numpy as np
@@ -17,6 +18,7 @@ from torch_vit import data as data_mod
 from torch_vit.model import ViT
 from numpy_vit.optim import Muon, zeropower_via_newtonschulz
 from torch_vit.train import NumpyBackend, TorchBackend, make_config, muon_names, train
+from torch_vit.trajectory import newton_schulz_in_weights_dtype
 
 from test_train import TINY, cli
 
@@ -86,15 +88,12 @@ def test_newton_schulz_keeps_the_singular_vectors(shape):
     assert 0.6 <= np.diag(d).min() and np.diag(d).max() <= 1.25, np.diag(d)
 
 
-def _without_bfloat16(monkeypatch):
+@pytest.fixture
+def exact_torch_muon():
     """torch.optim.Muon orthogonalises ``grad.bfloat16()``; with that cast made a copy it works in the
     gradient's own dtype, as numpy_vit's Muon does."""
-    monkeypatch.setattr(torch.Tensor, "bfloat16", lambda self, *args, **kwargs: self.clone())
-
-
-@pytest.fixture
-def exact_torch_muon(monkeypatch):
-    _without_bfloat16(monkeypatch)
+    with newton_schulz_in_weights_dtype():
+        yield
 
 
 def _three_muon_steps():
@@ -155,22 +154,21 @@ def test_muon_changes_the_run(tmp_path):
 
 
 @pytest.mark.parametrize("exact, muon", [(True, {}), (False, {}), (True, dict(muon_lr=0.03, muon_momentum=0.5))])
-def test_numpy_backend_step_is_the_torch_backends(monkeypatch, exact, muon):
+def test_numpy_backend_step_is_the_torch_backends(exact, muon):
     """Float64 steps of each backend from the same weights on the same batch: after two steps (the second
     uses the momentum) every parameter equal to 1e-12 with torch's bfloat16 cast patched out; as torch is,
     after one step, the Muon ones within 10% of the update (measured: up to 7.4%, the real gradients being
     far from full rank) and the rest still to 1e-12 (a second step would start from different weights)."""
-    if exact:
-        _without_bfloat16(monkeypatch)
     settings = dict(TINY, optimizer="muon", dtype="float64", **muon)
     t_run = TorchBackend(make_config("default", **settings), torch.device("cpu"))
     n_run = NumpyBackend(make_config("default", **settings, backend="numpy"), torch.device("cpu"))
     start = {k: v.clone() for k, v in t_run.model.state_dict().items()}
     g = torch.Generator().manual_seed(0)
     x, y = torch.randn(8, 3, 16, 16, generator=g, dtype=torch.float64), torch.randint(0, 10, (8,), generator=g)
-    for _ in range(2 if exact else 1):
-        t_run.step(x, y, lr=0.01, muon_lr=muon.get("muon_lr"))
-        n_run.step(x, y, lr=0.01, muon_lr=muon.get("muon_lr"))
+    with newton_schulz_in_weights_dtype() if exact else contextlib.nullcontext():
+        for _ in range(2 if exact else 1):
+            t_run.step(x, y, lr=0.01, muon_lr=muon.get("muon_lr"))
+            n_run.step(x, y, lr=0.01, muon_lr=muon.get("muon_lr"))
     t, n = t_run.model.state_dict(), n_run.model.state_dict()
     for name, w in t.items():
         moved = (w - start[name]).numpy()
