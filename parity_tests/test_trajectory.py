@@ -25,19 +25,24 @@ def test_float64_trajectory_holds_1e_9_for_30_steps():
     assert losses[-1, 1] != losses[0, 1]  # it trained
 
 
-def test_a_wrong_optimizer_is_named_at_its_first_step(monkeypatch):
-    """AdamW with its weight decay off by 0.1%: the trajectories part at step 0, and the failure
-    says so and names the tensor."""
-    real = numpy_vit.optim.AdamW.step
+def _off_by(monkeypatch, optimizer, setting, factor):
+    """numpy_vit's ``optimizer`` class steps with ``setting`` multiplied by ``factor``."""
+    real = optimizer.step
 
-    def decay_off_by_a_thousandth(self, grads):
-        self.weight_decay *= 1.001
+    def step(self, grads):
+        setattr(self, setting, getattr(self, setting) * factor)
         try:
             real(self, grads)
         finally:
-            self.weight_decay /= 1.001
+            setattr(self, setting, getattr(self, setting) / factor)
 
-    monkeypatch.setattr(numpy_vit.optim.AdamW, "step", decay_off_by_a_thousandth)
+    monkeypatch.setattr(optimizer, "step", step)
+
+
+def test_a_wrong_optimizer_is_named_at_its_first_step(monkeypatch):
+    """AdamW with its weight decay off by 0.1%: the trajectories part at step 0, and the failure
+    says so and names the tensor."""
+    _off_by(monkeypatch, numpy_vit.optim.AdamW, "weight_decay", 1.001)
     tr = run_trajectory(SMALL, steps=3, dtype=np.float64, batch=2, lr=0.003, steps_per_epoch=3, epochs=1)
     assert not tr.ok
     assert tr.first_failure.startswith("step 0: ") and "max |numpy - torch|" in tr.first_failure
@@ -77,16 +82,7 @@ def test_muon_trajectory_holds_1e_9_and_fails_with_torchs_bfloat16(monkeypatch):
 def test_muon_trajectory_names_a_wrong_momentum(monkeypatch):
     """numpy_vit's Muon with its momentum off by 1%: the first step, (1 - m^2) g, orthogonalises to the
     same update, so the trajectories part at step 1, in a Muon weight."""
-    real = numpy_vit.optim.Muon.step
-
-    def momentum_off(self, grads):
-        self.momentum *= 0.99
-        try:
-            real(self, grads)
-        finally:
-            self.momentum /= 0.99
-
-    monkeypatch.setattr(numpy_vit.optim.Muon, "step", momentum_off)
+    _off_by(monkeypatch, numpy_vit.optim.Muon, "momentum", 0.99)
     tr = run_trajectory(SMALL, steps=3, dtype=np.float64, batch=2, lr=0.003, steps_per_epoch=3, epochs=1,
                         optimizer="muon")
     assert tr.worst[0] <= 1e-12 and not tr.ok, (tr.worst, tr.first_failure)
