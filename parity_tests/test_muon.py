@@ -24,6 +24,7 @@ from test_train import TINY, cli
 
 QUIET = dict(progress=False, log=lambda *a: None, device="cpu")
 
+
 def test_muon_names_are_the_blocks_1x1_conv_weights():
     model = ViT(image_size=(32, 32), patch_size=2, in_channels=3, embedding_dim=32, depth=4, head_channels=8,
                 num_classes=10)
@@ -238,3 +239,19 @@ def test_bad_muon_settings_are_one_line(args, message):
     assert r.returncode == 2, r.stdout + r.stderr
     lines = r.stderr.strip().splitlines()
     assert len(lines) == 1 and message in lines[0], r.stderr
+
+
+@pytest.mark.parametrize("key, value, message", [
+    ("muon_lr", -0.1, "--muon-lr: expected a finite learning rate >= 0, got -0.1"),
+    ("muon_lr", float("inf"), "--muon-lr: expected a finite learning rate >= 0, got inf"),
+    ("muon_lr", "0.02", "--muon-lr: expected a finite learning rate >= 0, got '0.02'"),
+    ("muon_momentum", 1.0, "--muon-momentum: expected a momentum in [0, 1), got 1.0"),
+    ("muon_momentum", True, "--muon-momentum: expected a momentum in [0, 1), got True"),
+    ("muon_momentum", None, "--muon-momentum: expected a momentum in [0, 1), got None"),
+])
+def test_make_config_refuses_bad_muon_settings(key, value, message):
+    """Callers of the API bypass argparse: make_config checks the values itself (muon_lr=None is --lr's)."""
+    with pytest.raises(ValueError) as e:
+        make_config("default", **{key: value})
+    assert str(e.value) == message
+    assert make_config("default", muon_lr=None).muon_lr is None

@@ -139,16 +139,9 @@ def make_config(recipe="default", **overrides):
     if muon_settings and optimizer != "muon":
         raise ValueError(f"--{muon_settings[0].replace('_', '-')}: applies to --optimizer muon, "
                          f"got --optimizer {optimizer} (--recipe {recipe})")
-    muon_lr = overrides.get("muon_lr")
-    if muon_lr is not None and (isinstance(muon_lr, bool) or not isinstance(muon_lr, (int, float))
-                                or not 0 <= muon_lr < math.inf):
-        raise ValueError(f"--muon-lr: expected a finite learning rate >= 0, got {muon_lr!r}")
-    momentum = overrides.get("muon_momentum", 0.95)
-    if isinstance(momentum, bool) or not isinstance(momentum, (int, float)) or not 0 <= momentum < 1:
-        raise ValueError(f"--muon-momentum: expected a momentum in [0, 1), got {momentum!r}")
-    ema = overrides.get("ema", 0.0)
-    if isinstance(ema, bool) or not isinstance(ema, (int, float)) or not 0 <= ema < 1:
-        raise ValueError(f"--ema: expected a decay in [0, 1), got {ema!r}")
+    _check_number(overrides, "muon_lr", "a finite learning rate >= 0", lambda v: 0 <= v < math.inf, optional=True)
+    _check_number(overrides, "muon_momentum", "a momentum in [0, 1)", lambda v: 0 <= v < 1)
+    _check_number(overrides, "ema", "a decay in [0, 1)", lambda v: 0 <= v < 1)
     unknown = set(overrides) - {f.name for f in dataclasses.fields(TrainConfig)}
     if unknown:
         raise ValueError(f"unknown settings: {', '.join(sorted(unknown))}")
@@ -158,6 +151,16 @@ def make_config(recipe="default", **overrides):
     if isinstance(cfg.image_size, int):
         cfg.image_size = (cfg.image_size, cfg.image_size)
     return cfg
+
+
+def _check_number(overrides, key, what, ok, optional=False):
+    """A given setting must be a number (not a bool) for which ``ok`` holds (or None when ``optional``),
+    else a one-line error naming its flag. API callers reach make_config without argparse's checks."""
+    if key not in overrides or (optional and overrides[key] is None):
+        return
+    value = overrides[key]
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not ok(value):
+        raise ValueError(f"--{key.replace('_', '-')}: expected {what}, got {value!r}")
 
 
 def augmenter(cfg):
