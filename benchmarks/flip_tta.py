@@ -9,12 +9,10 @@ and softmax probabilities). The README reports it beside, never in place of, the
 """
 
 import argparse
-import json
-import os
 
 import torch
 
-from numpy_vit.io import atomic_write
+from numpy_vit.io import write_json
 from torch_vit.cli import load_for_inspection
 from torch_vit.train import predict
 
@@ -46,8 +44,7 @@ def main(argv=None):
               f"averaged logits {100 * r['mean_logits']:.2f}%  averaged probabilities "
               f"{100 * r['mean_probabilities']:.2f}%  ({r['test_images']} test images)")
     if args.out:
-        os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
-        atomic_write(args.out, lambda f: json.dump(results, f, indent=1), binary=False)
+        write_json(args.out, results)
 
 
 if __name__ == "__main__":

@@ -10,14 +10,12 @@ gradient G): the worst relative error of NumPy float32, of torch float32, and be
 """
 
 import argparse
-import json
-import os
 
 import numpy as np
 import torch
 
 import numpy_vit as nv
-from numpy_vit.io import atomic_write
+from numpy_vit.io import write_json
 from torch_vit.checkpoint import load_checkpoint, numpy_twin
 
 
@@ -70,8 +68,7 @@ def main(argv=None):
         for k, (e, where) in results[path].items():
             print(f"  {k:<20} {e:.1e}  ({where})")
     if args.out:
-        os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
-        atomic_write(args.out, lambda f: json.dump(results, f, indent=1), binary=False)
+        write_json(args.out, results)
 
 
 if __name__ == "__main__":

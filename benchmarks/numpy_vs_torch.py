@@ -52,7 +52,7 @@ for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
 import numpy as np  # noqa: E402  (after the thread settings)
 
 import numpy_vit as nv  # noqa: E402
-from numpy_vit.io import atomic_write  # noqa: E402
+from numpy_vit.io import write_json  # noqa: E402
 
 if ARGS.memory_child != "numpy":
     import torch  # noqa: E402
@@ -309,8 +309,7 @@ def main():
         print(f"parity suite: {result['parity_suite']['wall_s']:.0f} s ({result['parity_suite']['summary']})")
     print(json.dumps(result["machine"]))
     if ARGS.out:
-        os.makedirs(os.path.dirname(os.path.abspath(ARGS.out)), exist_ok=True)
-        atomic_write(ARGS.out, lambda f: json.dump(result, f, indent=1), binary=False)
+        write_json(ARGS.out, result)
 
 
 if __name__ == "__main__":

@@ -9,7 +9,6 @@ gradient G of the same backward, and how many tensors passed only by the floor.
 """
 
 import argparse
-import json
 import os
 import platform
 import sys
@@ -19,6 +18,7 @@ import torch
 
 import numpy_vit as nv
 import torch_vit.model as tv
+from numpy_vit.io import write_json
 from torch_vit.parity import BOUNDS, FLOORS, model_rows, part_rows, to_torch
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "parity_tests"))
@@ -85,11 +85,7 @@ def main(argv=None):
         print(f"{key:<32} {s['tensors']:>8} {s['failed']:>7} {s['by_floor']:>9} {s['worst_rel']:>10.2e} "
               f"{s['worst_rel_of_G']:>12.2e}")
     if args.out:
-        os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
-        tmp = args.out + ".tmp"
-        with open(tmp, "w") as f:
-            json.dump(dict(draws=args.draws, seed=args.seed, machine=machine, stats=stats), f, indent=1)
-        os.replace(tmp, args.out)
+        write_json(args.out, dict(draws=args.draws, seed=args.seed, machine=machine, stats=stats))
     return int(any(s["failed"] for s in stats.values()))
 
 

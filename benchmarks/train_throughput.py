@@ -17,6 +17,7 @@ import time
 import torch
 import torch.nn.functional as F
 
+from numpy_vit.io import write_json
 from torch_vit.data import make_synthetic
 from torch_vit.model import ViT
 from torch_vit.train import NumpyBackend, TorchBackend, augmenter, make_config, predict
@@ -100,10 +101,7 @@ def main(argv=None):
     full["estimated_cifar10_epoch_s"] = round(per_epoch, 1)
     print(json.dumps(full, indent=1))
     if args.out:
-        os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
-        with open(args.out + ".tmp", "w") as f:
-            json.dump(full, f, indent=1)
-        os.replace(args.out + ".tmp", args.out)
+        write_json(args.out, full)
 
 
 if __name__ == "__main__":

@@ -11,7 +11,6 @@ weight after steps 1, 10, 50 and N, in float64 and float32, for two schedules:
 """
 
 import argparse
-import json
 import os
 import platform
 import sys
@@ -20,7 +19,7 @@ import time
 import numpy as np
 import torch
 
-from numpy_vit.io import atomic_write
+from numpy_vit.io import write_json
 from torch_vit.trajectory import TRAJECTORY_BOUNDS, run_trajectory
 
 SEED = dict(image_size=32, patch_size=2, in_channels=3, embedding_dim=32, depth=4, head_channels=8, num_classes=10)
@@ -50,9 +49,7 @@ def main(argv=None):
     machine = dict(python=platform.python_version(), numpy=np.__version__, torch=torch.__version__,
                    cores=os.cpu_count(), threads=torch.get_num_threads())
     if args.out:
-        os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
-        atomic_write(args.out, lambda f: json.dump(dict(steps=args.steps, batch=args.batch, machine=machine,
-                                                        results=results), f, indent=1), binary=False)
+        write_json(args.out, dict(steps=args.steps, batch=args.batch, machine=machine, results=results))
 
 
 if __name__ == "__main__":

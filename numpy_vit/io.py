@@ -1,6 +1,7 @@
 """State dicts in and out: checked loading, a plain ``.npz`` written atomically, and the model's
 configuration read back from a state dict's shapes."""
 
+import json
 import os
 import re
 import tempfile
@@ -63,6 +64,13 @@ def atomic_write(path, write, binary=True, suffix=""):
         if os.path.exists(tmp):
             os.unlink(tmp)
         raise
+
+
+def write_json(path, obj):
+    """Write ``obj`` to ``path`` as indented JSON, atomically, making its folder first (the
+    benchmarks' ``--out``)."""
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    atomic_write(path, lambda f: f.write(json.dumps(obj, indent=1) + "\n"), binary=False)
 
 
 def save_npz(path, arrays_by_name):

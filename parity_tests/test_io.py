@@ -1,6 +1,7 @@
 """Weights move between the two models through a plain .npz and torch checkpoints, atomically,
 and a broken or foreign file gives one clear line."""
 
+import json
 import os
 
 import numpy as np
@@ -63,6 +64,18 @@ def test_save_npz_is_atomic(tmp_path, monkeypatch):
         nv.save_npz(path, {"a": np.zeros(5)})
     np.testing.assert_array_equal(nv.load_npz(path)["a"], np.arange(3.0))
     assert os.listdir(tmp_path) == ["w.npz"]
+
+
+def test_write_json_makes_the_folder_and_keeps_the_old_file_on_failure(tmp_path):
+    """The benchmarks' --out: a folder that does not exist yet is made; an object JSON cannot write
+    leaves the earlier file whole and no temporary file behind."""
+    path = tmp_path / "new" / "r.json"
+    nv.io.write_json(path, {"a": [1, 2.5]})
+    assert json.loads(path.read_text()) == {"a": [1, 2.5]}
+    with pytest.raises(TypeError):
+        nv.io.write_json(path, {"a": object()})
+    assert json.loads(path.read_text()) == {"a": [1, 2.5]}
+    assert os.listdir(path.parent) == ["r.json"]
 
 
 def test_checkpoint_round_trip_keeps_config(tmp_path):
