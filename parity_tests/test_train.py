@@ -149,7 +149,10 @@ def test_imagefolder_loader_reads_a_small_folder(tmp_path):
     (["--randaugment", "1"], "expected 2 comma-separated numbers or 'none', got '1'"),
     (["--no-decay", "norms"], "--no-decay: expected kinds among norm, bias, pos, got 'norms'"),
     (["--no-decay", "norm,"], "--no-decay: expected kinds among norm, bias, pos, got ''"),
+    (["--randaugment", "1.5,9"], "expected 2 comma-separated numbers or 'none', got '1.5,9'"),
+    (["--crop-scale", "0.5,inf"], "expected 2 comma-separated numbers or 'none', got '0.5,inf'"),
     (["--betas", "0.9,1"], "expected two comma-separated numbers in [0, 1), got '0.9,1'"),
+    (["--betas", "nan,0.9"], "expected two comma-separated numbers in [0, 1), got 'nan,0.9'"),
     (["--pad-crop", "-2"], "--pad-crop: expected an integer >= 0, got '-2'"),
     (["--resume", "--out", "/nonexistent/run"], "--resume: expected /nonexistent/run/checkpoint.pt, found none"),
 ])

@@ -198,28 +198,28 @@ def _trajectory_check(torch_model, dtype, args, out):
     return tr.ok
 
 
+def _numbers(text, kind, n, ok, expected):
+    """``n`` comma-separated ``kind`` values each passing ``ok``, or argparse's error naming ``expected``."""
+    try:
+        values = tuple(kind(v) for v in text.split(","))
+    except ValueError:
+        values = ()
+    if len(values) != n or not all(ok(v) for v in values):
+        raise argparse.ArgumentTypeError(f"expected {expected}, got {text!r}")
+    return values
+
+
 def _tuple_or_none(kind, n):
     def parse(text):
         if text.lower() in ("none", "off"):
             return None
-        try:
-            values = tuple(kind(v) for v in text.split(","))
-        except ValueError:
-            values = ()
-        if len(values) != n or not all(math.isfinite(v) for v in values):
-            raise argparse.ArgumentTypeError(f"expected {n} comma-separated numbers or 'none', got {text!r}")
-        return values
+        return _numbers(text, kind, n, math.isfinite, f"{n} comma-separated numbers or 'none'")
     return parse
 
 
 def _betas(text):
-    try:
-        values = tuple(float(v) for v in text.split(","))
-    except ValueError:
-        values = ()
-    if len(values) != 2 or not all(0.0 <= v < 1.0 for v in values):  # NaN fails too
-        raise argparse.ArgumentTypeError(f"expected two comma-separated numbers in [0, 1), got {text!r}")
-    return values
+    return _numbers(text, float, 2, lambda v: 0.0 <= v < 1.0,  # NaN fails too
+                    "two comma-separated numbers in [0, 1)")
 
 
 def _kinds(text):
