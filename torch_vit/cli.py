@@ -124,8 +124,9 @@ def check(args, out=None):
     x64 = rng.standard_normal((args.batch, config["in_channels"], h, w))
     labels = rng.integers(0, config["num_classes"], args.batch)
     n_params = sum(p.numel() for p in torch_model.parameters())
-    print(f"convvit check: ViT{tuple(config[k] for k in ('image_size', 'patch_size', 'in_channels', 'embedding_dim', 'depth', 'head_channels', 'num_classes'))}"
-          f", {n_params:,} parameters, {source}; batch {args.batch} of N(0, 1) images, "
+    arch = tuple(config[k] for k in ("image_size", "patch_size", "in_channels", "embedding_dim", "depth",
+                                      "head_channels", "num_classes"))
+    print(f"convvit check: ViT{arch}, {n_params:,} parameters, {source}; batch {args.batch} of N(0, 1) images, "
           f"label smoothing {args.label_smoothing}", file=out)
 
     failures = total = 0
@@ -230,7 +231,8 @@ def _kinds(text):
 def _data_args(p, default="synthetic"):
     p.add_argument("--data", default=default, metavar="SOURCE",
                    help="cifar10 | imagefolder:PATH | synthetic (default: " + (default or "the checkpoint's own") + ")")
-    p.add_argument("--data-dir", default="data", help="where --data cifar10 looks for or downloads CIFAR-10 (default ./data)")
+    p.add_argument("--data-dir", default="data",
+                   help="where --data cifar10 looks for or downloads CIFAR-10 (default ./data)")
     p.add_argument("--cache-dir", default=None, help="cache of decoded image folders (default ~/.cache/convvit)")
     p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when present)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
@@ -357,7 +359,8 @@ def build_parser():
     c.add_argument("--optimizer", choices=("adamw", "muon"), default=None,
                    help="of the --steps trajectories: adamw (the seed's run; default) | muon (the default recipe's)")
 
-    t = sub.add_parser("train", help="train torch_vit (the seed architecture) on CIFAR-10, an image folder or synthetic data",
+    t = sub.add_parser("train",
+                       help="train torch_vit (the seed architecture) on CIFAR-10, an image folder or synthetic data",
                        description="Trains with a recipe (--recipe seed: the seed's run, setting for setting; "
                                    "default: the best found for 24 epochs); every setting can be overridden.")
     _data_args(t)
