@@ -43,6 +43,10 @@ def test_gradcam_misclassified_and_correct(trained, tmp_path):
     assert all(r["label"] == r["pred"] for r in right)
     chosen = gradcam(model, data, cfg, str(tmp_path / "idx"), indices=[5, 1], method="gradcam++", log=lambda *a: None)
     assert [r["index"] for r in chosen] == [5, 1]
+    spread = gradcam(model, data, cfg, str(tmp_path / "spread"), per_class=1, log=lambda *a: None)
+    labels = [r["label"] for r in spread]
+    assert len(labels) > 1 and labels == sorted(set(labels)) and all(r["label"] != r["pred"] for r in spread)
+    _png(tmp_path / "spread" / "gradcam.png", 600, len(spread) * 120)
 
 
 def test_attention_command_pictures_and_entropy(trained, tmp_path):
@@ -64,6 +68,8 @@ def cli(*args):
     (["gradcam", "--layer", "transformer.layers.9"], "layer"),
     (["gradcam", "--method", "magic"], "--method: expected one of gradcam"),
     (["attention", "--index", "100000"], "--index: expected 0 to 499, got 100000"),
+    (["gradcam", "--per-class", "0"], "--per-class: expected a positive integer, got '0'"),
+    (["gradcam", "--per-class", "1", "--index", "3"], "--per-class and --index: expected one of them, got both"),
 ])
 def test_bad_input_is_one_line(trained, args, expected):
     _, _, _, out = trained

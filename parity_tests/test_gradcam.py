@@ -341,6 +341,23 @@ def test_find_images_first_n_in_order(correct, trained_model, data):
     np.testing.assert_array_equal(everything.indices, pool)
 
 
+@pytest.mark.parametrize("correct", [False, True])
+def test_find_images_per_class(correct, trained_model, data):
+    """per_class=K: the first K of each true class, class by class, whatever n says."""
+    pred, conf, y = _reference_predictions(trained_model, data)
+    pool = np.flatnonzero((pred == y) == correct)
+    want = np.concatenate([pool[y[pool] == c][:2] for c in np.unique(y[pool])])
+    assert len(np.unique(y[pool])) > 1 and len(want) > 2
+    found = find_images(trained_model, data.test_x, data.test_y, n=1, correct=correct, per_class=2, batch_size=7)
+    np.testing.assert_array_equal(found.indices, want)
+    np.testing.assert_array_equal(found.predicted, pred[want])
+    np.testing.assert_allclose(found.confidence, conf[want], rtol=1e-6)
+    np.testing.assert_array_equal(found.labels, y[want])
+    for bad in (dict(per_class=0), dict(per_class=1.5), dict(per_class=1, indices=[0])):
+        with pytest.raises(ValueError, match="per_class"):
+            find_images(trained_model, data.test_x, data.test_y, **bad)
+
+
 def test_find_images_explicit_indices(trained_model, data):
     pred, conf, y = _reference_predictions(trained_model, data)
     idx = [17, 3, 50, 3]

@@ -308,11 +308,13 @@ def load_for_inspection(checkpoint, data_spec=None, data_dir="data", cache_dir=N
 def gradcam_command(args):
     from .explain import gradcam
 
+    if args.per_class is not None and args.index is not None:
+        raise UsageError("--per-class and --index: expected one of them, got both")
     try:
         model, cfg, data = _load_for_inspection(args)
         out = args.out or os.path.join(os.path.dirname(os.path.abspath(args.checkpoint)), "gradcam")
-        gradcam(model, data, cfg, out, n=args.n, correct=args.correct, indices=args.index, layer=args.layer,
-                method=args.method)
+        gradcam(model, data, cfg, out, n=args.n, correct=args.correct, indices=args.index, per_class=args.per_class,
+                layer=args.layer, method=args.method)
     except ValueError as e:
         raise UsageError(str(e)) from None
     print(f"wrote {out}: gradcam.png and one gradcam_<index>.png per image")
@@ -415,6 +417,9 @@ def build_parser():
     _data_args(g, default=None)
     g.add_argument("--checkpoint", required=True, metavar="PATH")
     g.add_argument("--n", type=_positive_int, default=10, help="how many images (default 10)")
+    g.add_argument("--per-class", type=_positive_int, default=None, metavar="K",
+                   help="the first K of each true class instead of the first --n (an image folder's test split "
+                        "is ordered by class)")
     g.add_argument("--correct", action="store_true", help="correctly classified images instead")
     g.add_argument("--index", type=int, nargs="+", default=None, help="these test images instead")
     g.add_argument("--layer", default=None,

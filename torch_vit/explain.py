@@ -52,14 +52,15 @@ def plot_gradcam(rows, classes, path, method, layer):
     plt.close(fig)
 
 
-def gradcam(model, data, cfg, out, n=10, correct=False, indices=None, layer=None, method="gradcam", log=print):
+def gradcam(model, data, cfg, out, n=10, correct=False, indices=None, per_class=None, layer=None, method="gradcam",
+            log=print):
     """Find the images, compute the CAMs for the true and the predicted class with pytorch-grad-cam
     and (for gradcam) with numpy_vit.grad_cam, write the grid and one PNG per image; return the rows."""
     if method not in METHODS:
         raise ValueError(f"--method: expected one of {', '.join(METHODS)}, got {method!r}")
     model = model.cpu().float().eval()
     found = find_images(model, data.test_x, data.test_y, n=n, correct=correct, indices=indices,
-                        mean=cfg.mean, std=cfg.std)
+                        per_class=per_class, mean=cfg.mean, std=cfg.std)
     if len(found.indices) == 0:
         raise ValueError("gradcam: no test image fits the request (none misclassified?)")
     idx = torch.from_numpy(found.indices)

@@ -176,10 +176,13 @@ class Found(NamedTuple):
     labels: np.ndarray
 
 
-def find_images(model, images_uint8, labels, n=10, correct=False, indices=None,
+def find_images(model, images_uint8, labels, n=10, correct=False, indices=None, per_class=None,
                 mean=CIFAR10_MEAN, std=CIFAR10_STD, batch_size=256):
     """The first ``n`` images (in index order) that ``model`` gets wrong (``correct=True``: right),
-    or, with ``indices``, exactly those images in that order (n and correct then unused).
+    or, with ``per_class=K``, the first K such images of each true class, class by class (n then
+    unused; a test split ordered by class, as an image folder's is, otherwise gives n images of its
+    first class), or, with ``indices``, exactly those images in that order (n, per_class and correct
+    then unused).
 
     images_uint8: (N, C, H, W) uint8 tensor or ndarray (torch_vit.data's layout), normalised here
     with ``mean``/``std`` as at evaluation. labels: (N,) ints. Inference runs in eval mode, in
@@ -201,6 +204,12 @@ def find_images(model, images_uint8, labels, n=10, correct=False, indices=None,
         order = np.arange(x.shape[0])
     if not isinstance(n, (int, np.integer)) or n < 0:
         raise ValueError(f"find_images: n must be an int >= 0, got {n!r}")
+    if per_class is not None:
+        if indices is not None:
+            raise ValueError("find_images: expected per_class or indices, got both")
+        if not isinstance(per_class, (int, np.integer)) or per_class < 1:
+            raise ValueError(f"find_images: per_class must be an int >= 1, got {per_class!r}")
+    search_all = indices is not None or per_class is not None
     device = next(model.parameters()).device
     was_training = model.training
     keep_idx, keep_pred, keep_conf = [], [], []
@@ -209,7 +218,7 @@ def find_images(model, images_uint8, labels, n=10, correct=False, indices=None,
         model.eval()
         with torch.no_grad():
             for start in range(0, len(order), batch_size):
-                if indices is None and found >= n:
+                if not search_all and found >= n:
                     break
                 idx = order[start:start + batch_size]
                 batch = normalize(x[torch.from_numpy(idx)].to(device), mean, std)
@@ -225,6 +234,10 @@ def find_images(model, images_uint8, labels, n=10, correct=False, indices=None,
         model.train(was_training)
     cat = (lambda parts, dt: np.concatenate(parts).astype(dt) if parts else np.zeros(0, dt))
     idx, pred, conf = cat(keep_idx, np.int64), cat(keep_pred, np.int64), cat(keep_conf, np.float32)
-    if indices is None:
+    if per_class is not None:  # the first per_class of each class, class by class
+        keep = np.concatenate([np.flatnonzero(y[idx] == c)[:per_class] for c in np.unique(y[idx])] or
+                              [np.zeros(0, np.int64)])
+        idx, pred, conf = idx[keep], pred[keep], conf[keep]
+    elif indices is None:
         idx, pred, conf = idx[:n], pred[:n], conf[:n]
     return Found(idx, pred, conf, y[idx].astype(np.int64))
