@@ -186,9 +186,9 @@ def find_images(model, images_uint8, labels, n=10, correct=False, indices=None, 
 
     images_uint8: (N, C, H, W) uint8 tensor or ndarray (torch_vit.data's layout), normalised here
     with ``mean``/``std`` as at evaluation. labels: (N,) ints. Inference runs in eval mode, in
-    batches of ``batch_size``, without gradients, and stops once n images are found; the model's
-    mode is restored. Returns a Found(indices, predicted, confidence, labels); fewer than n rows if
-    the data runs out.
+    batches of ``batch_size``, without gradients, and (but for per_class) stops once n images are
+    found; the model's mode is restored. Returns a Found(indices, predicted, confidence, labels);
+    fewer rows than asked for if the data runs out.
     """
     x = torch.as_tensor(images_uint8)
     y = np.asarray(labels.cpu() if isinstance(labels, torch.Tensor) else labels)
