@@ -74,11 +74,12 @@ def run_trajectory(config, steps=100, dtype=np.float64, seed=0, batch=8, lr=0.01
                               weight_decay=weight_decay)
     opt_n = AdamW({n: p for n, p in m.named_parameters() if n not in hidden}, lr=lr, betas=betas,
                   weight_decay=weight_decay)
-    muon_t = muon_n = None
+    opts_n, opts_t = [opt_n], [opt_t]  # each side's optimisers; torch's Muon steps through muon_step
     if hidden:
         muon_t, views = torch_muon(t, lr, weight_decay, muon_momentum)
-        muon_n = Muon({n: p for n, p in m.named_parameters() if n in hidden}, lr=lr, momentum=muon_momentum,
-                      weight_decay=weight_decay)
+        opts_t.append(muon_t)
+        opts_n.append(Muon({n: p for n, p in m.named_parameters() if n in hidden}, lr=lr, momentum=muon_momentum,
+                           weight_decay=weight_decay))
     points, values = TrainConfig(epochs=epochs, lr=lr).schedule()  # the seed's shape
     rng = np.random.default_rng(seed)
     h, w = m.image_size
@@ -88,9 +89,9 @@ def run_trajectory(config, steps=100, dtype=np.float64, seed=0, batch=8, lr=0.01
             x = rng.standard_normal((batch, config["in_channels"], h, w)).astype(dtype)
             y = rng.integers(0, config["num_classes"], batch)
             step_lr = piecewise_linear((step + 1) / steps_per_epoch, points, values)
-            for opt in (opt_n, muon_n) if hidden else (opt_n,):
+            for opt in opts_n:
                 opt.lr = step_lr
-            for group in opt_t.param_groups + (muon_t.param_groups if hidden else []):
+            for group in (g for opt in opts_t for g in opt.param_groups):
                 group["lr"] = step_lr
 
             logits = m.forward(x)
@@ -98,9 +99,8 @@ def run_trajectory(config, steps=100, dtype=np.float64, seed=0, batch=8, lr=0.01
             m.backward(dlogits)
             grads = m.grads
             clip_grad_norm(grads, clip)
-            opt_n.step(grads)
-            if hidden:
-                muon_n.step(grads)
+            for opt in opts_n:
+                opt.step(grads)
 
             loss_t = F.cross_entropy(t(torch.from_numpy(x)), torch.from_numpy(y), label_smoothing=label_smoothing)
             t.zero_grad()  # every parameter, Muon's too
