@@ -1,9 +1,9 @@
 """NumPy against torch on the CPU, side by side in one run: every part of the seed model, forward and
 forward+backward, float32 and float64, batch 1, 32, 128 and 256 (median times and the ratio
 NumPy / torch); the peak memory of one forward+backward of the whole model at batch 128; and the
-machine. Optionally (--suite) the parity suite's wall time.
+machine.
 
-    python benchmarks/numpy_vs_torch.py --suite --out benchmarks/results/numpy_vs_torch.json
+    python benchmarks/numpy_vs_torch.py --out benchmarks/results/numpy_vs_torch.json
 
 Same threads on both sides: NumPy's BLAS and torch both run --threads threads (default: every
 core); the environment variables that set BLAS threads are fixed before NumPy loads. "forward" is a
@@ -39,7 +39,6 @@ def _args(argv):
     ap.add_argument("--min-time", type=float, default=0.5, help="seconds per measurement at least (default 0.5)")
     ap.add_argument("--min-repeats", type=int, default=5)
     ap.add_argument("--memory-batch", type=int, default=128)
-    ap.add_argument("--suite", action="store_true", help="also time `python -m pytest -q parity_tests`")
     ap.add_argument("--out", default=None, help="JSON file to write (atomically)")
     ap.add_argument("--memory-child", choices=["numpy", "torch"], help=argparse.SUPPRESS)
     return ap.parse_args(argv)
@@ -53,6 +52,7 @@ import numpy as np  # noqa: E402  (after the thread settings)
 
 import numpy_vit as nv  # noqa: E402
 from numpy_vit.io import write_json  # noqa: E402
+from render_docs import ratio_table as table  # noqa: E402  (the docs' tables and this script's print the same)
 
 if ARGS.memory_child != "numpy":
     import torch  # noqa: E402
@@ -243,15 +243,6 @@ def measure_memory():
     return out
 
 
-def time_suite():
-    root = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..")
-    start = time.perf_counter()
-    res = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "parity_tests"],
-                         cwd=root, capture_output=True, text=True)
-    return dict(wall_s=time.perf_counter() - start, returncode=res.returncode,
-                summary=res.stdout.strip().splitlines()[-1])
-
-
 def machine():
     try:
         blas = np.show_config(mode="dicts")["Build Dependencies"]["blas"]
@@ -266,20 +257,6 @@ def machine():
     return dict(cpu=cpu, cores=os.cpu_count(), threads=ARGS.threads, python=platform.python_version(),
                 numpy=np.__version__, blas=f"{blas.get('name')} {blas.get('version')}",
                 torch=torch.__version__, torch_threads=torch.get_num_threads())
-
-
-def table(rows, key):
-    """A markdown table of NumPy / torch ratios: one row per part and dtype, one column per batch."""
-    batches = sorted({r["batch"] for r in rows})
-    lines = ["| part | dtype | " + " | ".join(f"B={b}" for b in batches) + " |",
-             "| --- | --- | " + " | ".join("---:" for _ in batches) + " |"]
-    for dtype in dict.fromkeys(r["dtype"] for r in rows):
-        for part in dict.fromkeys(r["part"] for r in rows):
-            cells = {r["batch"]: r for r in rows if r["part"] == part and r["dtype"] == dtype}
-            lines.append(f"| {part} | {dtype} | " + " | ".join(
-                f"{1e3 * cells[b]['numpy_' + key + '_s']:.1f} / {1e3 * cells[b]['torch_' + key + '_s']:.1f} ms "
-                f"= **{cells[b]['ratio_' + key]:.2f}**" if b in cells else "" for b in batches) + " |")
-    return "\n".join(lines)
 
 
 def main():
@@ -297,16 +274,12 @@ def main():
     result = dict(machine=machine(), parts=time_parts(progress))
     bar.close()
     result["memory"] = measure_memory()
-    if ARGS.suite:
-        result["parity_suite"] = time_suite()
     print("\nforward+backward, NumPy / torch (median)\n" + table(result["parts"], "fwdbwd"))
     print("\nforward, NumPy / torch (median)\n" + table(result["parts"], "fwd"))
     mem = result["memory"]
     print(f"\npeak memory of one float32 forward+backward at batch {ARGS.memory_batch}: NumPy "
           f"{mem['numpy']['peak_growth_kib'] / 1024:.0f} MiB, torch {mem['torch']['peak_growth_kib'] / 1024:.0f} MiB "
           f"(ratio {mem['ratio']:.2f})")
-    if ARGS.suite:
-        print(f"parity suite: {result['parity_suite']['wall_s']:.0f} s ({result['parity_suite']['summary']})")
     print(json.dumps(result["machine"]))
     if ARGS.out:
         write_json(ARGS.out, result)

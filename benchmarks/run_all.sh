@@ -7,7 +7,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 out=benchmarks/results
-python benchmarks/numpy_vs_torch.py --suite --out $out/numpy_vs_torch.json
+python benchmarks/numpy_vs_torch.py --out $out/numpy_vs_torch.json
 python benchmarks/train_throughput.py --recipe seed --out $out/train_throughput.json
 python benchmarks/train_throughput.py --recipe default --batch 64 --out $out/train_throughput_default.json
 python benchmarks/parity_errors.py --draws 200 --out $out/parity_errors.json
