@@ -1,7 +1,18 @@
 """Hypothesis profiles: ``ci`` (the default) is derandomized, so every run of the suite draws the
-same examples; ``dev`` draws fresh ones and more of them (HYPOTHESIS_PROFILE=dev pytest)."""
+same examples; ``dev`` draws fresh ones and more of them (HYPOTHESIS_PROFILE=dev pytest).
 
+And what several test files share: the tiny training configuration ``TINY``, the quiet in-process
+``train`` keywords ``QUIET``, ``convvit`` (the command run in this process, through
+torch_vit.cli.main), ``usage_error`` (the same, for a bad command line: exit status 2 and one line),
+and ``convvit_process`` (the command in a fresh interpreter, for what only a real process
+shows)."""
+
+import contextlib
+import io
 import os
+import subprocess
+import sys
+from dataclasses import dataclass
 
 from hypothesis import HealthCheck, settings
 
@@ -10,3 +21,49 @@ settings.register_profile("ci", derandomize=True, deadline=None, max_examples=25
 settings.register_profile("dev", deadline=None, max_examples=200, print_blob=True,
                           suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
+
+# A model small enough for a training run of a few epochs in well under a second.
+TINY = dict(image_size=(16, 16), patch_size=2, embedding_dim=16, depth=1, head_channels=8, batch_size=64,
+            test_batch_size=128)
+
+# train(...) keywords: no progress bar, no log lines, on the CPU.
+QUIET = dict(progress=False, log=lambda *a: None, device="cpu")
+
+
+@dataclass
+class Result:
+    """What a convvit command did: its exit status and everything it printed."""
+    returncode: int
+    stdout: str
+    stderr: str
+
+
+def convvit(*args):
+    """``convvit ARGS`` run in this process by torch_vit.cli.main, stdout and stderr captured."""
+    from torch_vit.cli import main
+
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        try:
+            code = main([str(a) for a in args])
+        except SystemExit as e:  # argparse's own exits (none expected): their status counts the same
+            code = e.code
+    return Result(code, out.getvalue(), err.getvalue())
+
+
+def usage_error(*args):
+    """``convvit ARGS`` in this process must fail as bad input does: exit status 2 and exactly one line
+    on stderr, "convvit: error: ...", with no traceback. Returns that line."""
+    r = convvit(*args)
+    assert r.returncode == 2, r.stdout + r.stderr
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("convvit: error: "), r.stderr
+    assert "Traceback" not in r.stderr
+    return lines[0]
+
+
+def convvit_process(*args, timeout=300):
+    """``convvit ARGS`` in a fresh interpreter (python -m torch_vit.cli), as a user runs it."""
+    return subprocess.run([sys.executable, "-m", "torch_vit.cli", *map(str, args)], capture_output=True, text=True,
+                          timeout=timeout)
+

@@ -1,21 +1,19 @@
-"""``convvit check``: the table, the exit status, the options, and one-line errors (status 2)."""
+"""``convvit check``: the table, the exit status, the options, and one-line errors (status 2).
 
-import subprocess
-import sys
+The commands run in this process (torch_vit.cli.main, see conftest.py); one test runs a bad command
+in a fresh interpreter, for the contract only a real process shows: exit status 2, one line on
+stderr, no traceback."""
 
 import pytest
 import torch
+from conftest import convvit, convvit_process, usage_error
 
 import torch_vit
 from torch_vit import cli
 
 
-def run(*args):
-    return subprocess.run([sys.executable, "-m", "torch_vit.cli", *args], capture_output=True, text=True, timeout=120)
-
-
 def test_check_seed_config_passes():
-    r = run("check")
+    r = convvit("check")
     assert r.returncode == 0, r.stdout + r.stderr
     out = r.stdout
     assert "59,818 parameters" in out and "all " in out and "checks passed" in out
@@ -29,10 +27,10 @@ def test_check_seed_config_passes():
 def test_check_options_and_checkpoint(tmp_path):
     t = torch_vit.ViT((12, 8), 4, 1, 12, 2, 3, num_classes=4)
     torch_vit.save_checkpoint(t, tmp_path / "c.pt")
-    r = run("check", "--checkpoint", str(tmp_path / "c.pt"), "--batch", "3", "--label-smoothing", "0.1")
+    r = convvit("check", "--checkpoint", str(tmp_path / "c.pt"), "--batch", "3", "--label-smoothing", "0.1")
     assert r.returncode == 0, r.stdout + r.stderr
     assert "ViT((12, 8), 4, 1, 12, 2, 3, 4)" in r.stdout and "checkpoint" in r.stdout
-    r = run("check", "--image-size", "16x12", "--patch-size", "4", "--dim", "8", "--depth", "1",
+    r = convvit("check", "--image-size", "16x12", "--patch-size", "4", "--dim", "8", "--depth", "1",
             "--head-channels", "8", "--batch", "1", "--seed", "5")
     assert r.returncode == 0, r.stdout + r.stderr
     assert "ViT((16, 12), 4, 3, 8, 1, 8, 10)" in r.stdout
@@ -63,11 +61,17 @@ def test_check_fails_with_status_1_when_numpy_is_wrong(monkeypatch, capsys):
     (["frobnicate"], "invalid choice"),
 ])
 def test_bad_input_is_one_line_status_2(args, expected):
-    r = run(*args)
+    assert expected in usage_error(*args)
+
+
+def test_bad_input_in_a_real_process_is_status_2_one_line_no_traceback():
+    """``python -m torch_vit.cli``, as a user runs it, on input that fails deep in a training run
+    (train -> the NumPy backend, after the imports and the data): exit status 2, one line on stderr
+    and nothing else there (no warning from an import, no traceback)."""
+    r = convvit_process("train", "--no-progress", "--epochs", "1", "--backend", "numpy", "--device", "cuda",
+                        timeout=120)
     assert r.returncode == 2, r.stdout + r.stderr
-    lines = r.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("convvit: error:") and expected in lines[0], r.stderr
-    assert "Traceback" not in r.stderr
+    assert r.stderr == "convvit: error: --backend numpy runs on the CPU, got --device cuda\n", r.stderr
 
 
 def test_non_finite_checkpoint_is_status_2(tmp_path):
@@ -75,6 +79,5 @@ def test_non_finite_checkpoint_is_status_2(tmp_path):
     sd = t.state_dict()
     sd["embedding.pos_embedding"][0, 0, 0, 0] = float("inf")
     torch.save(sd, tmp_path / "inf.pt")
-    r = run("check", "--checkpoint", str(tmp_path / "inf.pt"), "--head-channels", "4")
-    assert r.returncode == 2
-    assert "expected finite weights, got NaN or inf in embedding.pos_embedding" in r.stderr
+    line = usage_error("check", "--checkpoint", str(tmp_path / "inf.pt"), "--head-channels", "4")
+    assert "expected finite weights, got NaN or inf in embedding.pos_embedding" in line

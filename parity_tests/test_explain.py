@@ -1,10 +1,8 @@
 """convvit gradcam and convvit attention on a model and data the test makes: the pictures are real
 PNGs, NumPy agrees with torch and pytorch-grad-cam, and bad input is one line (status 2)."""
 
-import subprocess
-import sys
-
 import pytest
+from conftest import usage_error
 from PIL import Image
 
 import torch_vit
@@ -60,10 +58,6 @@ def test_attention_command_pictures_and_entropy(trained, tmp_path):
     _png(tmp_path / "positional.png", 300, 300)
 
 
-def cli(*args):
-    return subprocess.run([sys.executable, "-m", "torch_vit.cli", *args], capture_output=True, text=True, timeout=120)
-
-
 @pytest.mark.parametrize("args, expected", [
     (["gradcam", "--layer", "transformer.layers.9"], "layer"),
     (["gradcam", "--method", "magic"], "--method: expected one of gradcam"),
@@ -73,15 +67,11 @@ def cli(*args):
 ])
 def test_bad_input_is_one_line(trained, args, expected):
     _, _, _, out = trained
-    r = cli(*args, "--checkpoint", str(out / "checkpoint.pt"), "--no-progress", "--out", str(out / "x"))
-    assert r.returncode == 2, r.stdout + r.stderr
-    lines = r.stderr.strip().splitlines()
-    assert len(lines) == 1 and expected in lines[0], r.stderr
+    assert expected in usage_error(*args, "--checkpoint", out / "checkpoint.pt", "--no-progress", "--out", out / "x")
 
 
 def test_checkpoint_of_another_shape_is_one_line(tmp_path):
     t = torch_vit.ViT(16, 2, 3, 16, 1, 8, num_classes=4)
     torch_vit.save_checkpoint(t, tmp_path / "c.pt")
-    r = cli("gradcam", "--checkpoint", str(tmp_path / "c.pt"), "--data", "synthetic", "--no-progress")
-    assert r.returncode == 2
-    assert "--data: the checkpoint has 4 classes, the data 10" in r.stderr and len(r.stderr.strip().splitlines()) == 1
+    line = usage_error("gradcam", "--checkpoint", tmp_path / "c.pt", "--data", "synthetic", "--no-progress")
+    assert "--data: the checkpoint has 4 classes, the data 10" in line

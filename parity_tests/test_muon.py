@@ -13,16 +13,13 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import QUIET, TINY, usage_error
 
 from torch_vit import data as data_mod
 from torch_vit.model import ViT
 from numpy_vit.optim import Muon, zeropower_via_newtonschulz
 from torch_vit.train import NumpyBackend, TorchBackend, make_config, muon_names, train
 from torch_vit.trajectory import newton_schulz_in_weights_dtype
-
-from test_train import TINY, cli
-
-QUIET = dict(progress=False, log=lambda *a: None, device="cpu")
 
 
 def test_muon_names_are_the_blocks_1x1_conv_weights():
@@ -178,10 +175,8 @@ def test_numpy_backend_step_is_the_torch_backends(exact, muon):
 
 
 def test_bad_optimizer_is_one_line():
-    r = cli("train", "--no-progress", "--epochs", "1", "--optimizer", "sgd")
-    assert r.returncode == 2, r.stdout + r.stderr
-    lines = r.stderr.strip().splitlines()
-    assert len(lines) == 1 and "--optimizer: expected one of adamw, muon, got 'sgd'" in lines[0], r.stderr
+    line = usage_error("train", "--no-progress", "--epochs", "1", "--optimizer", "sgd")
+    assert "--optimizer: expected one of adamw, muon, got 'sgd'" in line
 
 
 def test_float64_numpy_muon_run_learns_what_torch_muon_learns(tmp_path, exact_torch_muon):
@@ -235,10 +230,7 @@ def test_muon_lr_follows_the_schedule_at_its_own_peak(tmp_path, monkeypatch):
     (["--muon-lr", "-0.1"], "argument --muon-lr: expected a finite number >= 0, got '-0.1'"),
 ])
 def test_bad_muon_settings_are_one_line(args, message):
-    r = cli("train", "--no-progress", "--epochs", "1", *args)
-    assert r.returncode == 2, r.stdout + r.stderr
-    lines = r.stderr.strip().splitlines()
-    assert len(lines) == 1 and message in lines[0], r.stderr
+    assert message in usage_error("train", "--no-progress", "--epochs", "1", *args)
 
 
 @pytest.mark.parametrize("key, value, message", [

@@ -8,15 +8,12 @@ import json
 import numpy as np
 import pytest
 import torch
+from conftest import QUIET, TINY, convvit, usage_error
 
 import numpy_vit
 from torch_vit import data as data_mod
 from torch_vit.checkpoint import load_checkpoint
 from torch_vit.train import make_config, no_decay_names, predict, train
-
-from test_train import TINY, cli
-
-QUIET = dict(progress=False, log=lambda *a: None, device="cpu")
 
 
 def _run(tmp_path, name, **settings):
@@ -115,14 +112,11 @@ def test_numpy_run_reports_its_speed(tmp_path):
     (["--backend", "numpy", "--amp"], "--amp: bfloat16 autocast is for the torch backend on CUDA"),
 ])
 def test_backend_bad_input_is_one_line(args, expected):
-    r = cli("train", "--no-progress", "--epochs", "1", *args)
-    assert r.returncode == 2, r.stdout + r.stderr
-    lines = r.stderr.strip().splitlines()
-    assert len(lines) == 1 and expected in lines[0], r.stderr
+    assert expected in usage_error("train", "--no-progress", "--epochs", "1", *args)
 
 
 def test_check_steps_prints_both_trajectories():
-    r = cli("check", "--steps", "3", "--batch", "2", "--dim", "8", "--depth", "1", "--image-size", "8",
+    r = convvit("check", "--steps", "3", "--batch", "2", "--dim", "8", "--depth", "1", "--image-size", "8",
             "--head-channels", "4")
     assert r.returncode == 0, r.stdout + r.stderr
     assert "float64 training trajectory: 3 steps" in r.stdout and "float32 training trajectory: 3 steps" in r.stdout
@@ -130,7 +124,7 @@ def test_check_steps_prints_both_trajectories():
 
 
 def test_check_steps_with_muon():
-    r = cli("check", "--steps", "2", "--batch", "2", "--dim", "8", "--depth", "1", "--image-size", "8",
+    r = convvit("check", "--steps", "2", "--batch", "2", "--dim", "8", "--depth", "1", "--image-size", "8",
             "--head-channels", "4", "--optimizer", "muon")
     assert r.returncode == 0, r.stdout + r.stderr
     assert r.stdout.count("training trajectory: 2 steps of Muon for the blocks' 1x1-conv weights") == 2, r.stdout
@@ -138,7 +132,5 @@ def test_check_steps_with_muon():
 
 
 def test_check_optimizer_without_steps_is_one_line():
-    r = cli("check", "--optimizer", "muon")
-    assert r.returncode == 2, r.stdout + r.stderr
-    lines = r.stderr.strip().splitlines()
-    assert len(lines) == 1 and "--optimizer muon: it is the optimiser of the --steps trajectories" in lines[0], r.stderr
+    assert "--optimizer muon: it is the optimiser of the --steps trajectories" in usage_error("check", "--optimizer",
+                                                                                               "muon")
