@@ -73,6 +73,14 @@ def duration(s):
     return f"{m} min {s} s" if m else f"{s} s"
 
 
+def wall_time(run):
+    """'24 min 45 s (the whole command, ...)', or the note alone where no time was reported."""
+    note = run.get("wall_note")
+    if run.get("wall_s") is None:
+        return note or ""
+    return duration(run["wall_s"]) + (f" ({note})" if note else "")
+
+
 def table(header, rows, align=None):
     align = align or ["---"] * len(header)
     lines = ["| " + " | ".join(header) + " |", "| " + " | ".join(align) + " |"]
@@ -174,8 +182,7 @@ def render_training_results(results):
     rows = []
     for n in names:
         r = results.run(n)
-        wall = duration(r.get("wall_s")) + (f" ({r['wall_note']})" if r.get("wall_note") else "")
-        rows.append([f"[{n}](experiments.md)", f"`{r['command']}`", pct(r["test_acc"]), pct(r.get("train_acc")), wall])
+        rows.append([f"[{n}](experiments.md)", f"`{r['command']}`", pct(r["test_acc"]), pct(r.get("train_acc")), wall_time(r)])
     return table(["run", "command", "test", "train", "wall time"], rows, ["---", "---", "---:", "---:", "---"])
 
 
@@ -214,8 +221,7 @@ def render_experiments(results):
         for r in runs:
             epochs = str(r["epochs"]) if r["epochs_run"] == r["epochs"] else f"{r['epochs_run']} of {r['epochs']}"
             test = pct(r.get("test_acc")) + (f" (EMA {pct(r['ema_test_acc'])})" if "ema_test_acc" in r else "")
-            wall = duration(r.get("wall_s")) + (f" ({r['wall_note']})" if r.get("wall_note") else "")
-            notes = "; ".join(x for x in (wall, r.get("note", "")) if x)
+            notes = "; ".join(x for x in (wall_time(r), r.get("note", "")) if x)
             machine = r["machine"].split(",")[0].replace("2-core CPU (AMD EPYC)", "CPU").replace("one ", "")
             rows.append([r["name"], f"`{r['flags']}`" if r["flags"] else "(none)", r["seed"], r["threads"], machine,
                          epochs, test, pct(r.get("train_acc")), notes])
