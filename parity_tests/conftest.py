@@ -4,8 +4,8 @@ same examples; ``dev`` draws fresh ones and more of them (HYPOTHESIS_PROFILE=dev
 And what several test files share: the tiny training configuration ``TINY``, the quiet in-process
 ``train`` keywords ``QUIET``, ``convvit`` (the command run in this process, through
 torch_vit.cli.main), ``usage_error`` (the same, for a bad command line: exit status 2 and one line),
-and ``convvit_process`` (the command in a fresh interpreter, for what only a real process
-shows)."""
+``convvit_process`` (the command in a fresh interpreter, for what only a real process shows),
+and the session's one ``convvit train`` run (``ema_cli_run``)."""
 
 import contextlib
 import io
@@ -14,6 +14,7 @@ import subprocess
 import sys
 from dataclasses import dataclass
 
+import pytest
 from hypothesis import HealthCheck, settings
 
 settings.register_profile("ci", derandomize=True, deadline=None, max_examples=25, print_blob=True,
@@ -67,3 +68,21 @@ def convvit_process(*args, timeout=300):
     return subprocess.run([sys.executable, "-m", "torch_vit.cli", *map(str, args)], capture_output=True, text=True,
                           timeout=timeout)
 
+
+
+# The session's one `convvit train` run, which test_train.py (the outputs, evaluate, check, and the
+# straight run beside the killed one) and test_ema.py (the moving average) inspect: the default recipe
+# with every optional part the outputs record (betas, no-decay, pad-crop) and the moving average,
+# 2 epochs on the synthetic data.
+EMA_CLI_ARGS = ("train", "--data", "synthetic", "--epochs", "2", "--ema", "0.99", "--betas", "0.85,0.99",
+                "--no-decay", "norm,pos", "--pad-crop", "2", "--no-progress", "--device", "cpu")
+
+
+@pytest.fixture(scope="session")
+def ema_cli_run(tmp_path_factory):
+    """``convvit train EMA_CLI_ARGS --out DIR``, then ``convvit evaluate --checkpoint DIR/checkpoint.pt
+    --out DIR/ev``, once per session: (DIR, the train Result, the evaluate Result)."""
+    out = tmp_path_factory.mktemp("ema_cli_run") / "run"
+    trained = convvit(*EMA_CLI_ARGS, "--out", out)
+    evaluated = convvit("evaluate", "--checkpoint", out / "checkpoint.pt", "--no-progress", "--out", out / "ev")
+    return out, trained, evaluated

@@ -7,12 +7,10 @@ import json
 import pytest
 import torch
 
-from conftest import QUIET, TINY, convvit_process, usage_error
+from conftest import QUIET, TINY, usage_error
 
 from torch_vit import data as data_mod
 from torch_vit.train import TorchBackend, ema_decay, make_config, train
-
-cli = convvit_process
 
 
 def test_ema_decay_starts_low_and_reaches_the_decay():
@@ -88,10 +86,10 @@ def test_resume_with_ema_equals_a_straight_run(tmp_path, backend):
     assert a["history"][-1]["ema_test_acc"] == b["history"][-1]["ema_test_acc"]
 
 
-def test_cli_ema_run_reports_and_saves_the_average(tmp_path):
-    out = tmp_path / "run"
-    r = cli("train", "--data", "synthetic", "--epochs", "2", "--ema", "0.99", "--no-progress", "--device", "cpu",
-            "--out", str(out))
+def test_cli_ema_run_reports_and_saves_the_average(ema_cli_run):
+    """The session's convvit train --ema 0.99 run (conftest.py): the average's accuracy on every epoch's
+    line and in metrics.jsonl, the decay in config.json, the report (and convvit evaluate) of the average."""
+    out, r, ev = ema_cli_run
     assert r.returncode == 0, r.stderr
     lines = [l for l in r.stdout.splitlines() if l.startswith("ViT: Epoch:")]
     assert len(lines) == 2 and all(", Test Acc: " in l and ", EMA Test Acc: " in l for l in lines)
@@ -100,9 +98,8 @@ def test_cli_ema_run_reports_and_saves_the_average(tmp_path):
     assert json.loads((out / "config.json").read_text())["ema"] == 0.99
     report = json.loads((out / "report.json").read_text())
     assert abs(report["test_acc"] - rows[-1]["ema_test_acc"]) < 1e-6
-    ev = cli("evaluate", "--checkpoint", str(out / "checkpoint.pt"), "--no-progress", "--out", str(tmp_path / "ev"))
     assert ev.returncode == 0, ev.stderr
-    assert json.loads((tmp_path / "ev" / "report.json").read_text())["test_acc"] == report["test_acc"]
+    assert json.loads((out / "ev" / "report.json").read_text())["test_acc"] == report["test_acc"]
 
 
 def test_without_ema_nothing_changes(tmp_path):

@@ -23,6 +23,14 @@ def _run(tmp_path, name, **settings):
     return cfg, data, model, history
 
 
+@pytest.fixture(scope="module")
+def numpy_run(tmp_path_factory):
+    """``_run(..., backend="numpy")`` (float32) made once for the tests that inspect it: (cfg, data,
+    model, history, the run's folder)."""
+    tmp = tmp_path_factory.mktemp("numpy_run")
+    return (*_run(tmp, "numpy", backend="numpy"), tmp / "numpy")
+
+
 def test_float64_numpy_run_learns_what_torch_learns(tmp_path):
     """Same seed, same batches, float64 on both sides: the same history to the printed digit and
     the same final weights to 1e-9, well above chance."""
@@ -66,9 +74,9 @@ def test_no_decay_names_by_kind():
     assert no_decay_names(model, ()) == set()
 
 
-def test_numpy_trained_checkpoint_gives_torch_the_same_predictions(tmp_path):
-    cfg, data, _, history = _run(tmp_path, "numpy", backend="numpy")
-    model, ckpt = load_checkpoint(str(tmp_path / "numpy" / "checkpoint.pt"))
+def test_numpy_trained_checkpoint_gives_torch_the_same_predictions(numpy_run):
+    cfg, data, _, history, out = numpy_run
+    model, ckpt = load_checkpoint(str(out / "checkpoint.pt"))
     m = numpy_vit.ViT(**model.config).load_state_dict(ckpt["model"])  # the NumPy weights as trained
     t_logits = predict(model, data.test_x, cfg, torch.device("cpu"))
     n_pred = np.concatenate([m.forward(predict_input(data.test_x[i:i + 64], cfg)).argmax(1)
@@ -97,12 +105,12 @@ def test_numpy_resume_equals_straight_run(tmp_path):
         train(dataclasses.replace(cfg, backend="torch"), data, str(tmp_path / "b"), resume=True, **QUIET)
 
 
-def test_numpy_run_reports_its_speed(tmp_path):
-    _, _, _, history = _run(tmp_path, "numpy", backend="numpy")
-    rows = [json.loads(line) for line in open(tmp_path / "numpy" / "metrics.jsonl")]
+def test_numpy_run_reports_its_speed(numpy_run):
+    _, _, _, history, out = numpy_run
+    rows = [json.loads(line) for line in open(out / "metrics.jsonl")]
     assert rows == json.loads(json.dumps(history))
     assert all(r["train_img_s"] > 0 and r["time"] > 0 for r in rows)
-    assert json.load(open(tmp_path / "numpy" / "config.json"))["backend"] == "numpy"
+    assert json.load(open(out / "config.json"))["backend"] == "numpy"
 
 
 @pytest.mark.parametrize("args, expected", [
