@@ -463,9 +463,9 @@ print("counts: x4 N gives x4 channel MACs and x16 token MACs; their ratio is N /
 # Scale q's conv weights and bias by a factor f: q, P and S are multiplied by f (f = 0 makes every
 # column uniform) and the columns of A sharpen towards one-hot as f grows. The softmax Jacobian of a
 # column, a_i (delta_il - a_l), goes to zero with them, so the fraction of the upstream gradient the
-# softmax lets through, |dS| / |dA| (Frobenius norms), falls with the mean column entropy (log hc is
-# uniform, 0 one-hot), and dq = dP k with it. |dk| need not fall here: dk = dP^T q, and this knob
-# multiplies q by f too. dv = A^T d out does not go through the softmax at all. So a model whose
+# softmax lets through, |dS| / |dA| (Frobenius norms), goes to zero as the mean column entropy does
+# (log hc is uniform, 0 one-hot; just off uniform it may first rise a little), and dq = dP k with
+# it. |dk| need not fall as fast: dk = dP^T q, and this knob multiplies q by f too. dv = A^T d out does not go through the softmax at all. So a model whose
 # columns start peaked (large |S| at initialisation, next cell) gives its q and k convs less
 # gradient; how much less, read off the |dS|/|dA| column at the entropy the next cell measures.
 
