@@ -138,6 +138,7 @@ class MhSelfAttention(Module):
 
         dattention = dout @ values.swapaxes(-2, -1)  # (B, heads, hc, hc)
         dvalues = attention.swapaxes(-2, -1) @ dout  # (B, heads, hc, N)
+        # dL/dP for the unscaled P = q k^T (the forward's attend is S = P * scale): not dL/dS
         dattend = softmax_backward(dattention, attention, axis=-2) * self.scale
         dqueries = dattend @ keys  # (B, heads, hc, N)
         dkeys = dattend.swapaxes(-2, -1) @ queries  # (B, heads, hc, N)
