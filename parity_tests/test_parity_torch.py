@@ -183,3 +183,77 @@ def test_degenerate_layernorm_channels():
     m = nv.ViT(4, 1, 3, 2, 1, 2, 3, dtype=np.float64, rng=rng)
     t = to_torch(m, tv.ViT(4, 1, 3, 2, 1, 2, 3))
     assert_rows(model_rows(m, t, rng.standard_normal((2, 3, 4, 4)), np.array([0, 2])))
+
+
+# ------------------------------------------------------------------------------------------------
+# the comparison itself: names and bounds
+
+
+class _Renamed:
+    """A NumPy model whose gradients are named otherwise than torch's parameters: ``norm.weight``
+    renamed ``norm.gain`` ("renamed"), or an extra ``norm.gain`` beside it ("extra")."""
+
+    def __init__(self, model, how):
+        self.model, self.how, self.dtype = model, how, model.dtype
+
+    def forward(self, x):
+        return self.model.forward(x)
+
+    def backward(self, dy):
+        return self.model.backward(dy)
+
+    @property
+    def grads(self):
+        grads = dict(self.model.grads)
+        grads["norm.gain"] = grads.pop("norm.weight") if self.how == "renamed" else grads["norm.weight"]
+        return grads
+
+
+@pytest.mark.parametrize("how", ["renamed", "extra"])
+def test_model_rows_needs_the_same_names_on_both_sides(how):
+    """A gradient under another name, or one more gradient than torch has parameters: model_rows
+    refuses, naming the names that differ, rather than comparing what it can."""
+    m = nv.ViT(8, 2, 3, 8, 1, 4, dtype=np.float64, rng=0)
+    t = to_torch(m, tv.ViT(8, 2, 3, 8, 1, 4))
+    x = np.random.default_rng(0).standard_normal((2, 3, 8, 8))
+    assert_rows(model_rows(m, t, x, np.array([1, 2])))  # as they are: the same names, all within the bound
+    expected = ["norm.gain", "norm.weight"] if how == "renamed" else ["norm.gain"]
+    with pytest.raises(AssertionError) as e:
+        model_rows(_Renamed(m, how), t, x, np.array([1, 2]))
+    assert str(e.value) == f"gradients by name differ between numpy and torch: {expected}"
+
+
+class _ViTInFloat32(tv.ViT):
+    """A torch ViT in float32 that takes a float64 input and casts it down first."""
+
+    def forward(self, x):
+        return super().forward(x.float())
+
+
+class _FeedForwardInFloat32(tv.FeedForward):
+    """A torch FeedForward that computes in float32 between a float64 input and a float64 output."""
+
+    def forward(self, x):
+        return super().forward(x.float()).double()
+
+
+def test_model_rows_holds_the_bound_of_the_dtype_asked_for():
+    """A float64 NumPy model against a torch twin that computes in float32: every row is held to
+    float64's bound (1e-10), not to float32's (1e-3) where torch's tensors are float32, and so the
+    logits and the gradients fail it."""
+    m = nv.ViT(8, 2, 3, 8, 1, 4, dtype=np.float64, rng=0)
+    t = to_torch(m, _ViTInFloat32(8, 2, 3, 8, 1, 4)).float()
+    rows = model_rows(m, t, np.random.default_rng(0).standard_normal((2, 3, 8, 8)), np.array([1, 2]))
+    assert {r.bound for r in rows} == {BOUNDS[np.dtype(np.float64)]}
+    failed = {r.name for r in rows if not r.ok}
+    assert {"logits", "mlp_head.3.weight", "transformer.layers.0.0.fn.q.weight"} <= failed
+
+
+def test_part_rows_holds_the_bound_of_the_dtype_asked_for():
+    """The same for a part: a float64 FeedForward against a torch one computing in float32 inside."""
+    part = nv.FeedForward(8, 8, 4, dtype=np.float64, rng=0)
+    t = to_torch(part, _FeedForwardInFloat32(8, 8, 4)).float()
+    rng = np.random.default_rng(0)
+    rows = part_rows(part, t, rng.standard_normal((2, 8, 3, 3)), rng.standard_normal((2, 8, 3, 3)))
+    assert {r.bound for r in rows} == {BOUNDS[np.dtype(np.float64)]}
+    assert {"output", "net.0.weight", "net.2.weight"} <= {r.name for r in rows if not r.ok}

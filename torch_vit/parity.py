@@ -101,9 +101,18 @@ def to_torch(np_module, torch_module):
     return torch_module
 
 
+def _same_names(grads, names):
+    """Raise unless the NumPy gradients and the torch parameters have the same names."""
+    differ = set(grads) ^ set(names)
+    if differ:
+        raise AssertionError(f"gradients by name differ between numpy and torch: {sorted(differ)}")
+
+
 def part_rows(np_part, torch_part, x, dout):
     """Forward both parts on x, backward with upstream gradient dout (NumPy side by hand, torch by
-    autograd on sum(out * dout)); rows for the output, the input gradient and every parameter."""
+    autograd on sum(out * dout)); rows for the output, the input gradient and every parameter, each
+    held to the bound of the NumPy part's dtype (the dtype asked for, whatever torch computed in)."""
+    dtype = np.dtype(np_part.dtype)
     out = np_part.forward(x)
     dx = np_part.backward(dout)
     grads = np_part.grads
@@ -113,16 +122,17 @@ def part_rows(np_part, torch_part, x, dout):
     names, params = zip(*torch_part.named_parameters())
     dxt, *dparams = torch.autograd.grad(out_t, (xt, *params), torch.from_numpy(dout.copy()))
 
-    missing = set(grads) ^ set(names)
-    if missing:
-        raise AssertionError(f"gradients by name differ between numpy and torch: {sorted(missing)}")
-    rows = [compare("output", out, out_t), compare("input grad", dx, dxt)]
-    rows += [compare(n, grads[n], g) for n, g in zip(names, dparams)]
+    _same_names(grads, names)
+    rows = [compare("output", out, out_t, dtype), compare("input grad", dx, dxt, dtype)]
+    rows += [compare(n, grads[n], g, dtype) for n, g in zip(names, dparams)]
     return finish(rows, gradients=len(rows) - 1)
 
 
 def model_rows(np_model, torch_model, x, labels, label_smoothing=0.0):
-    """Whole model with its loss: rows for logits, loss, input gradient and every parameter gradient."""
+    """Whole model with its loss: rows for logits, loss, input gradient and every parameter gradient,
+    each held to the bound of the NumPy model's dtype (the dtype asked for, whatever torch computed in);
+    the two sides must have the same parameter names."""
+    dtype = np.dtype(np_model.dtype)
     logits = np_model.forward(x)
     loss, dlogits = numpy_vit.cross_entropy(logits, labels, label_smoothing)
     dx = np_model.backward(dlogits)
@@ -135,7 +145,8 @@ def model_rows(np_model, torch_model, x, labels, label_smoothing=0.0):
     names, params = zip(*torch_model.named_parameters())
     dxt, *dparams = torch.autograd.grad(loss_t, (xt, *params))
 
-    rows = [compare("logits", logits, logits_t), compare("loss", loss, loss_t),
-            compare("input grad", dx, dxt)]
-    rows += [compare(n, grads[n], g) for n, g in zip(names, dparams)]
+    _same_names(grads, names)
+    rows = [compare("logits", logits, logits_t, dtype), compare("loss", loss, loss_t, dtype),
+            compare("input grad", dx, dxt, dtype)]
+    rows += [compare(n, grads[n], g, dtype) for n, g in zip(names, dparams)]
     return finish(rows, gradients=len(rows) - 2)
