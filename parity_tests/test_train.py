@@ -11,13 +11,11 @@ import time
 import numpy as np
 import pytest
 import torch
-from conftest import TINY, convvit, convvit_process, usage_error
+from conftest import EMA_CLI_ARGS, TINY, convvit, usage_error
 
 from torch_vit import data as data_mod
 from torch_vit.cli import load_for_inspection
 from torch_vit.train import make_config, predict, train
-
-cli = convvit_process
 
 
 def test_synthetic_run_learns(tmp_path):
@@ -43,35 +41,60 @@ def test_resume_equals_straight_run_in_process(tmp_path):
         assert torch.equal(v, w), k
 
 
-def test_resume_after_sigkill_gives_the_same_weights(tmp_path):
-    """Kill the process once it has finished epoch 0 (and before its last), resume, and
-    compare with an uninterrupted run of the same seed: the same weights, bit for bit."""
-    common = ["train", "--data", "synthetic", "--recipe", "seed", "--epochs", "3", "--no-progress",
-              "--device", "cpu", "--seed", "3", "--randaugment", "none"]
-    straight = cli(*common, "--out", str(tmp_path / "a"))
-    assert straight.returncode == 0, straight.stderr
+def _full_pipe():
+    """(read end, write end) of a pipe with no room left: a process whose stdout is its write end blocks
+    at its first write (until the read end is drained, which the test never does)."""
+    r, w = os.pipe()
+    os.set_blocking(w, False)
+    for chunk in (b"x" * 65536, b"x"):  # whole pages, then a byte at a time into the last one
+        try:
+            while True:
+                os.write(w, chunk)
+        except BlockingIOError:
+            pass
+    os.set_blocking(w, True)
+    return r, w
+
+
+def test_resume_after_sigkill_gives_the_same_weights(ema_cli_run, tmp_path):
+    """A real convvit train process (the session run's settings, conftest.EMA_CLI_ARGS) killed with
+    SIGKILL after epoch 0, then --resume: the same weights (the average and the trained ones), bit for
+    bit, and the same metrics as the session's uninterrupted run. The kill cannot come too late: the
+    process writes to stdout through a pipe the test has filled, unbuffered, so it blocks at its first
+    line, epoch 0's, printed after checkpoint.pt and metrics.jsonl are written, and stays there."""
+    straight, _, _ = ema_cli_run
     out = tmp_path / "b"
-    proc = subprocess.Popen([sys.executable, "-m", "torch_vit.cli", *common, "--out", str(out)],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    deadline = time.time() + 120
-    while time.time() < deadline:
-        if (out / "metrics.jsonl").exists() and len((out / "metrics.jsonl").read_text().splitlines()) >= 1:
-            break
-        time.sleep(0.05)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
-    done = len((out / "metrics.jsonl").read_text().splitlines())
-    assert done < 3, "the run finished before it could be killed"
-    resumed = cli(*common, "--out", str(out), "--resume")
+    read_end, write_end = _full_pipe()
+    try:
+        with open(tmp_path / "stderr.txt", "w") as err:
+            proc = subprocess.Popen([sys.executable, "-m", "torch_vit.cli", *EMA_CLI_ARGS, "--out", str(out)],
+                                    stdout=write_end, stderr=err, env=dict(os.environ, PYTHONUNBUFFERED="1"))
+        os.close(write_end)
+        deadline = time.monotonic() + 600
+        metrics = out / "metrics.jsonl"
+        while not (metrics.exists() and metrics.read_text().count("\n") >= 1):
+            assert proc.poll() is None, f"exit {proc.returncode}: " + (tmp_path / "stderr.txt").read_text()
+            assert time.monotonic() < deadline, "no epoch finished in 600 s"
+            time.sleep(0.05)
+        assert proc.poll() is None, "the process went past its blocked write"
+        proc.send_signal(signal.SIGKILL)
+        assert proc.wait(timeout=60) == -signal.SIGKILL
+    finally:
+        os.close(read_end)
+    assert len(metrics.read_text().splitlines()) == 1  # killed after epoch 0, before epoch 1 ended
+    resumed = convvit(*EMA_CLI_ARGS, "--out", out, "--resume")
     assert resumed.returncode == 0, resumed.stderr
-    assert f"resuming {out} after epoch" in resumed.stdout
-    a = torch.load(tmp_path / "a" / "checkpoint.pt", weights_only=True)
+    assert f"resuming {out} after epoch 0" in resumed.stdout
+    a = torch.load(straight / "checkpoint.pt", weights_only=True)
     b = torch.load(out / "checkpoint.pt", weights_only=True)
-    assert a["epoch"] == b["epoch"] == 2
-    for k in a["model"]:
-        assert torch.equal(a["model"][k], b["model"][k]), k
-    assert [json.loads(l)["test_acc"] for l in (tmp_path / "a" / "metrics.jsonl").read_text().splitlines()] == \
-           [json.loads(l)["test_acc"] for l in (out / "metrics.jsonl").read_text().splitlines()]
+    assert a["epoch"] == b["epoch"] == 1
+    for part in ("model", "train_model"):
+        assert a[part].keys() == b[part].keys()
+        for k in a[part]:
+            assert torch.equal(a[part][k], b[part][k]), (part, k)
+    rows_a, rows_b = ([json.loads(l) for l in (d / "metrics.jsonl").read_text().splitlines()] for d in (straight, out))
+    for key in ("test_acc", "test_loss", "ema_test_acc", "train_loss"):
+        assert [r[key] for r in rows_a] == [r[key] for r in rows_b], key
 
 
 def test_outputs_and_evaluate_and_check(ema_cli_run):
