@@ -10,6 +10,7 @@ Finite differences use h = 1e-6 and the normwise error of test_finite_difference
 |analytic_i - numeric_i| / max(max_j |analytic_j|, |numeric_i|, 1e-8) <= 1e-6.
 """
 
+import copy
 import math
 import os
 import pathlib
@@ -144,12 +145,11 @@ def test_same_mix_at_every_position(block):
 
 
 def test_permuting_positions_permutes_the_output(block):
-    m, x = block["m"], block["x"]
+    m, x = copy.deepcopy(block["m"]), block["x"]  # a copy: the fixture's cache is what other tests read
     perm = np.random.default_rng(3).permutation(64)
     xp = x.reshape(2, 32, 64)[..., perm].reshape(x.shape)
     yp = m.forward(xp)
     np.testing.assert_allclose(yp.reshape(2, 32, 64), block["y"].reshape(2, 32, 64)[..., perm], rtol=0, atol=1e-12)
-    m.forward(x)  # restore the cache other tests read
 
 
 def test_attend_grows_with_N_tiling_multiplies_it_by_four():
@@ -454,15 +454,30 @@ def seed_pair():
     return out
 
 
-def test_attention_maps_are_the_cached_attention(seed_pair):
+def test_attention_maps_are_softmax_of_q_k_from_each_blocks_input(seed_pair):
+    """attention_maps against the doc's forward written out here with einsum: each block's input
+    (the patch embedding by hand for block 0, the previous block's output after it), its channel
+    LayerNorm, q and k by the 1x1 convs, A = softmax(s q k^T) over the query axis -2."""
     from torch_vit.attention import attention_maps
 
     m, _ = seed_pair[np.dtype(np.float64)]
     x = np.random.default_rng(11).standard_normal((1, 3, 32, 32))
     maps = attention_maps(m, x)
     assert len(maps) == 4 and all(a.shape == (4, 8, 8) for a in maps)
-    for a, (attn, _) in zip(maps, m.transformer.layers):
-        np.testing.assert_array_equal(a, attn.fn._saved()[3][0])
+    patches = x.reshape(1, 3, 16, 2, 16, 2)  # (b, c, i, p, j, q): pixel (2i + p, 2j + q)
+    emb = m.embedding._params
+    w_patch, b_patch = m.embedding.patch._params["weight"], m.embedding.patch._params["bias"]
+    h = np.einsum("bcipjq,ocpq->boij", patches, w_patch) + b_patch[:, None, None] + emb["pos_embedding"]
+    inputs = [h] + m.transformer.block_outputs[:-1]
+    for a, (attn, _), h in zip(maps, m.transformer.layers, inputs):
+        ln = attn.lnorm._params
+        mu, var = h.mean(axis=1, keepdims=True), h.var(axis=1, keepdims=True)
+        xn = ((h - mu) / np.sqrt(var + 1e-5) * ln["weight"][:, None, None] + ln["bias"][:, None, None]).reshape(32, -1)
+        q, k = ((attn.fn._modules[n]._params["weight"][:, :, 0, 0] @ xn + attn.fn._modules[n]._params["bias"][:, None])
+                .reshape(4, 8, -1) for n in "qk")
+        S = np.einsum("hin,hjn->hij", q, k) * 8 ** -0.5
+        A = np.exp(S - S.max(axis=-2, keepdims=True))
+        np.testing.assert_allclose(a, A / A.sum(axis=-2, keepdims=True), rtol=0, atol=1e-12)
         np.testing.assert_allclose(a.sum(axis=-2), 1.0, atol=1e-14)
     np.testing.assert_array_equal(attention_maps(m, x[0])[0], maps[0])  # (C, H, W) works too
     with pytest.raises(ValueError, match="one image"):
