@@ -252,32 +252,38 @@ def test_resize_refuses_downsampling():
 # ------------------------------------------------------------------------------- the tap and hooks
 
 def test_tap_leaves_the_model_unchanged_and_sees_the_whole_gradient(trained_model, data):
+    """torch_grad_cam at block 0 restores the train/eval mode and leaves no hook or module behind; its
+    activations and gradients are block 0's output and dS/d(output) by autograd on a hand-run forward.
+    The shared model goes back to eval mode with no gradients however the test ends."""
     model = trained_model
     keys = list(model.state_dict())
     modules = [name for name, _ in model.named_modules()]
     x, labels = _images(data, 2)
-    model.train()
-    _, e = torch_grad_cam(model, x, labels, layer="transformer.layers.0", return_raw=True)
-    assert model.training, "the train/eval mode is restored"
-    model.eval()
-    assert list(model.state_dict()) == keys and [n for n, _ in model.named_modules()] == modules
-    assert all(not m._forward_pre_hooks and not m._forward_hooks for m in model.modules())
+    try:
+        model.train()
+        _, e = torch_grad_cam(model, x, labels, layer="transformer.layers.0", return_raw=True)
+        assert model.training, "the train/eval mode is restored"
+        model.eval()
+        assert list(model.state_dict()) == keys and [n for n, _ in model.named_modules()] == modules
+        assert all(not m._forward_pre_hooks and not m._forward_hooks for m in model.modules())
 
-    # dS/d(block 0 output) by autograd on a hand-run forward, residual branch included
-    h = model.embedding(x)
-    attn, ff = model.transformer.layers[0]
-    h = attn(h) + h
-    block0 = ff(h) + h
-    block0.retain_grad()
-    out = block0
-    for attn, ff in model.transformer.layers[1:]:
-        out = attn(out) + out
-        out = ff(out) + out
-    logits = model.mlp_head(model.norm(out.transpose(1, -1)).transpose(-1, 1))
-    logits[torch.arange(2), torch.as_tensor(labels)].sum().backward()
-    np.testing.assert_allclose(e["activations"], block0.detach().numpy(), rtol=0, atol=1e-6)
-    np.testing.assert_allclose(e["gradients"], block0.grad.numpy(), rtol=1e-5, atol=1e-8)
-    model.zero_grad()
+        # dS/d(block 0 output) by autograd on a hand-run forward, residual branch included
+        h = model.embedding(x)
+        attn, ff = model.transformer.layers[0]
+        h = attn(h) + h
+        block0 = ff(h) + h
+        block0.retain_grad()
+        out = block0
+        for attn, ff in model.transformer.layers[1:]:
+            out = attn(out) + out
+            out = ff(out) + out
+        logits = model.mlp_head(model.norm(out.transpose(1, -1)).transpose(-1, 1))
+        logits[torch.arange(2), torch.as_tensor(labels)].sum().backward()
+        np.testing.assert_allclose(e["activations"], block0.detach().numpy(), rtol=0, atol=1e-6)
+        np.testing.assert_allclose(e["gradients"], block0.grad.numpy(), rtol=1e-5, atol=1e-8)
+    finally:
+        model.eval()
+        model.zero_grad()
 
 
 def test_tap_hook_removed_after_an_error(random_model, data):
