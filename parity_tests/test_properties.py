@@ -11,7 +11,7 @@
 
 import numpy as np
 import pytest
-from hypothesis import assume, given, settings
+from hypothesis import assume, given
 from hypothesis import strategies as st
 
 import numpy_vit
@@ -67,7 +67,6 @@ def _attention_check(b, heads, hc, h, w, c_in, seed):
     return attention
 
 
-@settings(max_examples=25, deadline=None)
 @given(b=batches, heads=heads_st, hc=head_channels_st, h=sides, w=sides, extra_in=st.integers(0, 3), seed=seeds)
 def test_attention_columns_sum_to_one(b, heads, hc, h, w, extra_in, seed):
     attention = _attention_check(b, heads, hc, h, w, heads * hc + extra_in, seed)
@@ -103,7 +102,6 @@ def _assert_normalised(z, x, eps):
     assert np.all(np.abs(var - 1.0) <= eps / (v + eps) * (1 + 1e-9) + 1e-13)
 
 
-@settings(max_examples=25, deadline=None)
 @given(b=batches, c=st.integers(2, 8), h=sides, w=sides, offset=st.floats(-10, 10), spread=st.floats(0.5, 5.0),
        affine=st.booleans(), seed=seeds)
 def test_layernorm_normalises_every_position(b, c, h, w, offset, spread, affine, seed):
@@ -156,7 +154,6 @@ def _build_part(kind, c, hc, rng):
 
 
 @pytest.mark.parametrize("kind", ["MhSelfAttention", "FeedForward", "PreNormChannels(MhSelfAttention)", "Transformer"])
-@settings(max_examples=20, deadline=None)
 @given(data=st.data(), b=batches, heads=heads_st, hc=head_channels_st, h=sides, w=sides, seed=seeds)
 def test_positionwise_parts_are_permutation_equivariant(kind, data, b, heads, hc, h, w, seed):
     perm = np.array(data.draw(st.permutations(range(h * w)), label="perm"), dtype=np.intp)
@@ -179,7 +176,6 @@ def _permute_patches(img, perm, p):
     return patches.reshape(b, c, h, w, p, p).transpose(0, 1, 2, 4, 3, 5).reshape(b, c, hp, wp)
 
 
-@settings(max_examples=20, deadline=None)
 @given(data=st.data(), b=batches, h=sides, w=sides, p=st.integers(1, 3), seed=seeds)
 def test_embedding_is_not_permutation_equivariant(data, b, h, w, p, seed):
     assume(h * w >= 2)
