@@ -22,27 +22,62 @@ def test_ema_decay_starts_low_and_reaches_the_decay():
     assert all(a <= b for a, b in zip(ds, ds[1:]))
 
 
+# min(0.3, (1 + t) / (10 + t)) for t = 0 ... 4, written out: 4/13 and 5/14 are above 0.3.
+DECAYS_AT_03 = [1 / 10, 2 / 11, 3 / 12, 0.3, 0.3]
+
+
+def _average(initial, weights, decays):
+    """a_t = d_t * a_(t-1) + (1 - d_t) * w_t from a_(-1) = the initial weights."""
+    average = {k: v.clone() for k, v in initial.items()}
+    for w, d in zip(weights, decays):
+        average = {k: d * average[k] + (1 - d) * w[k] for k in average}
+    return average
+
+
 def test_ema_model_is_the_moving_average_of_the_weights():
-    """Five steps of the torch backend: its average equals a_t = d_t * a_(t-1) + (1 - d_t) * w_t
-    computed here from the weights after each step, starting from the initial weights."""
-    cfg = make_config("default", **TINY, ema=0.5, dtype="float64")
+    """Five steps of the torch backend, each followed by update_ema with the decays written out above:
+    its average equals a_t = d_t * a_(t-1) + (1 - d_t) * w_t computed here from the weights after each
+    step, starting from the initial weights."""
+    cfg = make_config("default", **TINY, ema=0.3, dtype="float64")
     run = TorchBackend(cfg, torch.device("cpu"))
     initial = {k: v.clone() for k, v in run.model.state_dict().items()}
-    expected = {k: v.clone() for k, v in initial.items()}
+    weights = []
     g = torch.Generator().manual_seed(0)
-    for t in range(5):
+    for d in DECAYS_AT_03:
         x = torch.randn(8, 3, 16, 16, generator=g, dtype=torch.float64)
         y = torch.randint(0, 10, (8,), generator=g)
         run.step(x, y, lr=0.01)
-        d = ema_decay(cfg.ema, t)
         run.update_ema(d)
-        for k, w in run.model.state_dict().items():
-            expected[k] = d * expected[k] + (1 - d) * w
-    average, weights = run.ema_model.state_dict(), run.model.state_dict()
+        weights.append({k: v.clone() for k, v in run.model.state_dict().items()})
+    expected = _average(initial, weights, DECAYS_AT_03)
+    average, final = run.ema_model.state_dict(), run.model.state_dict()
     for k, v in expected.items():
         assert (average[k] - v).abs().max() <= 1e-12 * v.abs().max(), k
-    moved = [k for k in weights if not torch.allclose(weights[k], initial[k])]
-    assert moved and all(not torch.allclose(average[k], weights[k]) for k in moved)  # an average, not a copy
+    moved = [k for k in final if not torch.allclose(final[k], initial[k])]
+    assert moved and all(not torch.allclose(average[k], final[k]) for k in moved)  # an average, not a copy
+
+
+def test_training_updates_the_average_with_the_warm_up_decay(tmp_path, monkeypatch):
+    """train() with --ema 0.3, float64, 2 epochs of 2 steps: after every step it updates the average with
+    the decay of the step counted over the whole run (t = 0, 1, 2, 3: the first four written out above,
+    not 1/10, 2/11 again in epoch 1), and the average it returns is the one computed here from the
+    weights after each step."""
+    decays, weights = [], []
+    update = TorchBackend.update_ema
+
+    def recording(self, decay):
+        decays.append(decay)
+        weights.append({k: v.clone() for k, v in self.model.state_dict().items()})
+        return update(self, decay)
+
+    monkeypatch.setattr(TorchBackend, "update_ema", recording)
+    cfg = make_config("default", **{**TINY, "epochs": 2, "ema": 0.3, "dtype": "float64"})
+    initial = TorchBackend(cfg, torch.device("cpu")).model.state_dict()  # the run's start: the same seed
+    model, _ = train(cfg, data_mod.make_synthetic(128, 32, size=(16, 16)), str(tmp_path), **QUIET)
+    assert decays == pytest.approx(DECAYS_AT_03[:4], rel=1e-15)
+    expected = _average(initial, weights, DECAYS_AT_03[:4])
+    for k, v in model.state_dict().items():
+        assert (v - expected[k]).abs().max() <= 1e-12 * expected[k].abs().max(), k
 
 
 def _run(tmp_path, name, **settings):
