@@ -87,6 +87,7 @@ def test_doc_states_the_seed_shapes_and_scale():
     assert k.shape == q.shape == v.shape == (3, 4, 8, 256) and A.shape == (3, 4, 8, 8)
 
 
+@pytest.mark.parity
 def test_forward_formulas(block):
     """k, q, v = 1x1 convs viewed per head; P = q k^T; S = s P; A = softmax over axis -2."""
     m, x = block["m"], block["x"]
@@ -102,6 +103,7 @@ def test_forward_formulas(block):
     np.testing.assert_allclose(softmax(S, axis=-2), A, rtol=0, atol=1e-14)  # max subtraction changes nothing
 
 
+@pytest.mark.parity
 def test_columns_sum_to_one_rows_do_not(block):
     A = block["A"]
     np.testing.assert_allclose(A.sum(axis=-2), 1.0, rtol=0, atol=1e-14)  # every column
@@ -111,6 +113,7 @@ def test_columns_sum_to_one_rows_do_not(block):
     np.testing.assert_allclose(rows.sum(axis=-1), SEED["hc"], rtol=1e-14)
 
 
+@pytest.mark.parity
 def test_out_is_A_v_and_equals_the_input_of_unify_heads(block):
     out = np.einsum("bhij,bhjn->bhin", block["A"], block["v"])
     before_unify = block["m"].unify_heads._saved()[0]  # Conv2d caches its input as rows (B*N, C_in)
@@ -121,11 +124,13 @@ def test_out_is_A_v_and_equals_the_input_of_unify_heads(block):
     np.testing.assert_allclose(y.reshape(block["y"].shape), block["y"], rtol=0, atol=1e-13)
 
 
+@pytest.mark.parity
 def test_columns_conserve_the_channel_sum(block):
     out = block["A"] @ block["v"]
     np.testing.assert_allclose(out.sum(axis=-2), block["v"].sum(axis=-2), rtol=0, atol=1e-12)
 
 
+@pytest.mark.parity
 def test_same_mix_at_every_position(block):
     A, v = block["A"], block["v"]
     cols = block["m"].unify_heads._saved()[0]  # (B*N, C): one row of channels per position
@@ -144,6 +149,7 @@ def test_same_mix_at_every_position(block):
         np.testing.assert_allclose(y.reshape(block["y"][b].shape), block["y"][b], rtol=0, atol=1e-12)
 
 
+@pytest.mark.parity
 def test_permuting_positions_permutes_the_output(block):
     m, x = copy.deepcopy(block["m"]), block["x"]  # a copy: the fixture's cache is what other tests read
     perm = np.random.default_rng(3).permutation(64)
@@ -152,6 +158,7 @@ def test_permuting_positions_permutes_the_output(block):
     np.testing.assert_allclose(yp.reshape(2, 32, 64), block["y"].reshape(2, 32, 64)[..., perm], rtol=0, atol=1e-12)
 
 
+@pytest.mark.parity
 def test_attend_grows_with_N_tiling_multiplies_it_by_four():
     m = nv.MhSelfAttention(32, 32, 8, dtype=np.float64, rng=2)
     x = np.random.default_rng(4).standard_normal((1, 32, 8, 8))
@@ -209,36 +216,43 @@ def _doc_grads(block):
     return dict(dA=dA, dv=dv, dS=dS, dP=dP, dq=dq, dk=dk)
 
 
+@pytest.mark.parity
 def test_dA_by_finite_differences(block):
     A = block["A"].copy()
     _fd_check(lambda: _loss_of(block, A=A), A, _doc_grads(block)["dA"])
 
 
+@pytest.mark.parity
 def test_dv_by_finite_differences(block):
     v = block["v"].copy()
     _fd_check(lambda: _loss_of(block, v=v), v, _doc_grads(block)["dv"], count=200)
 
 
+@pytest.mark.parity
 def test_dS_by_finite_differences(block):
     S = block["s"] * np.einsum("bhin,bhjn->bhij", block["q"], block["k"])
     _fd_check(lambda: _loss_of(block, S=S), S, _doc_grads(block)["dS"])
 
 
+@pytest.mark.parity
 def test_dP_is_scale_times_dS_by_finite_differences(block):
     P = np.einsum("bhin,bhjn->bhij", block["q"], block["k"])
     _fd_check(lambda: _loss_of(block, P=P), P, _doc_grads(block)["dP"])
 
 
+@pytest.mark.parity
 def test_dq_by_finite_differences(block):
     q = block["q"].copy()
     _fd_check(lambda: _loss_of(block, q=q), q, _doc_grads(block)["dq"], count=200)
 
 
+@pytest.mark.parity
 def test_dk_by_finite_differences(block):
     k = block["k"].copy()
     _fd_check(lambda: _loss_of(block, k=k), k, _doc_grads(block)["dk"], count=200)
 
 
+@pytest.mark.parity
 def test_softmax_jacobian_entry_by_entry():
     """da_i / dS_l = a_i (delta_il - a_l) for one column, by finite differences."""
     s = np.random.default_rng(5).standard_normal(8)
@@ -251,6 +265,7 @@ def test_softmax_jacobian_entry_by_entry():
         np.testing.assert_allclose(num, jac[:, l], rtol=0, atol=1e-9)
 
 
+@pytest.mark.parity
 def test_softmax_backward_is_the_doc_formula_on_axis_minus_2(block):
     dA = _doc_grads(block)["dA"]
     np.testing.assert_allclose(nv.softmax_backward(dA, block["A"], axis=-2), _doc_grads(block)["dS"],
@@ -259,6 +274,7 @@ def test_softmax_backward_is_the_doc_formula_on_axis_minus_2(block):
     assert np.abs(nv.softmax_backward(dA, block["A"], axis=-1) - _doc_grads(block)["dS"]).max() > 1e-3
 
 
+@pytest.mark.parity
 def test_doc_backward_reproduces_the_modules_dx_and_every_gradient(block):
     """From the cached k, q, v, A: the doc's formulas, then the three conv backwards (dx = W^T d
     summed over k, q, v; dW = sum dy x^T; db = sum dy), against MhSelfAttention.backward."""
@@ -282,6 +298,7 @@ def test_doc_backward_reproduces_the_modules_dx_and_every_gradient(block):
         np.testing.assert_allclose(mine[name], grad, rtol=0, atol=1e-11, err_msg=name)
 
 
+@pytest.mark.parity
 def test_modules_dx_by_finite_differences():
     m = nv.MhSelfAttention(32, 32, 8, dtype=np.float64, rng=6)
     rng = np.random.default_rng(7)
@@ -292,6 +309,7 @@ def test_modules_dx_by_finite_differences():
     _fd_check(lambda: float(np.sum(m.forward(x) * dy)), x, dx, count=60)
 
 
+@pytest.mark.parity
 def test_conv_backward_formulas():
     """dx = W^T dy, dW = sum over b, n of dy x^T, db = sum dy: against Conv2d.backward and by FD."""
     conv = Conv2d(6, 5, 1, dtype=np.float64, rng=np.random.default_rng(8))
@@ -311,6 +329,7 @@ def test_conv_backward_formulas():
     _fd_check(f, conv._params["bias"], conv.grads["bias"].copy())
 
 
+@pytest.mark.parity
 def test_layernorm_formulas():
     """y = gamma (x - mu) r + beta over channels; dx = r (dxhat - mean dxhat - xhat mean(dxhat xhat))."""
     rng = np.random.default_rng(10)
@@ -454,6 +473,7 @@ def seed_pair():
     return out
 
 
+@pytest.mark.parity
 def test_attention_maps_are_softmax_of_q_k_from_each_blocks_input(seed_pair):
     """attention_maps against the doc's forward written out here with einsum: each block's input
     (the patch embedding by hand for block 0, the previous block's output after it), its channel
@@ -484,6 +504,7 @@ def test_attention_maps_are_softmax_of_q_k_from_each_blocks_input(seed_pair):
         attention_maps(m, np.zeros((2, 3, 32, 32)))
 
 
+@pytest.mark.parity
 @pytest.mark.parametrize("dtype, bound", [(np.float64, 1e-12), (np.float32, 1e-5)])
 def test_maps_match_torch(seed_pair, dtype, bound):
     """float64: ~1e-15. float32: ~1e-6 at worst, not below: |attend| reaches ~30 at initialisation,

@@ -36,6 +36,7 @@ def test_check_options_and_checkpoint(tmp_path):
     assert "ViT((16, 12), 4, 3, 8, 1, 8, 10)" in r.stdout
 
 
+@pytest.mark.parity
 def test_check_fails_with_status_1_when_numpy_is_wrong(monkeypatch, capsys):
     """Break one line of the NumPy backward (the softmax gradient over the wrong axis): the check
     must see it, print FAIL on the affected rows and return 1."""

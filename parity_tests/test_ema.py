@@ -88,6 +88,7 @@ def _run(tmp_path, name, **settings):
     return model, history
 
 
+@pytest.mark.parity
 def test_float64_numpy_ema_is_torch_ema(tmp_path):
     """Same seed and batches in float64: the NumPy backend's average (the run's result) equals torch's,
     and both evaluate it to the same accuracy every epoch."""

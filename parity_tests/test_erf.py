@@ -11,6 +11,8 @@ from hypothesis import strategies as st
 from numpy_vit import erf
 from numpy_vit.erf import SLICE, erfc_single
 
+pytestmark = pytest.mark.parity
+
 
 def _ulps(mine, exact):
     return np.abs(mine - exact) / np.spacing(np.maximum(np.abs(exact), np.finfo(np.float64).tiny))

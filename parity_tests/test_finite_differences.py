@@ -41,6 +41,8 @@ import pytest
 import numpy_vit
 from numpy_vit.nn import GELU, Conv2d, LayerNorm, Linear
 
+pytestmark = pytest.mark.parity
+
 H = 1e-6
 REL_TOL = 1e-6
 FLOOR = 1e-8

@@ -72,6 +72,7 @@ def _images(data, batch, offset=0):
 
 # ------------------------------------------------------------------ NumPy grad_cam == pytorch-grad-cam
 
+@pytest.mark.parity
 @pytest.mark.parametrize("dtype", [np.float64, np.float32])
 @pytest.mark.parametrize("target", ["true", "predicted"])
 @pytest.mark.parametrize("batch", [1, 3])
@@ -103,6 +104,7 @@ def test_numpy_grad_cam_equals_library(weights, layer, batch, target, dtype, dat
         assert np.abs(extras[key] - ref).max() <= RAW_REL[dtype] * np.abs(ref).max(), key
 
 
+@pytest.mark.parity
 @pytest.mark.parametrize("layer", LAYERS)
 def test_scaling_is_the_library_bit_for_bit(layer, data, trained_model):
     """Given the library's own raw map, numpy's scale_cam_image twice (per layer with the resize,
@@ -117,6 +119,7 @@ def test_scaling_is_the_library_bit_for_bit(layer, data, trained_model):
     np.testing.assert_array_equal(scale_cam_image(extras["raw"]), library_scale_cam_image(extras["raw"]))
 
 
+@pytest.mark.parity
 def test_raw_equals_the_library_internals(random_model, data):
     """The library's raw map, recomputed from its hooked activations and gradients by its own
     GradCAM.get_cam_image, is what torch_grad_cam reports (and what numpy is compared with)."""
@@ -135,6 +138,7 @@ def test_raw_equals_the_library_internals(random_model, data):
 
 # -------------------------------------------------------------------- the exact check at the head
 
+@pytest.mark.parity
 def test_numpy_head_gradient_is_the_class_activation_map(trained_model, data):
     x, labels = _images(data, 3)
     m = numpy_twin(trained_model, np.float64)
@@ -158,6 +162,7 @@ def test_numpy_head_gradient_is_the_class_activation_map(trained_model, data):
                                rtol=0, atol=1e-6)
 
 
+@pytest.mark.parity
 def test_torch_head_gradient_is_the_class_activation_map(trained_model, data):
     x, labels = _images(data, 3)
     cams, e = torch_grad_cam(trained_model, x, labels, layer="mlp_head.0", return_raw=True)
@@ -191,6 +196,7 @@ def _blank_model(sign, gain):
     return model
 
 
+@pytest.mark.parity
 @pytest.mark.parametrize("case", ["zero", "flat"])
 def test_blank_maps_are_zero_and_flagged(case, data):
     model = _blank_model(-1.0, 0.1) if case == "zero" else _blank_model(1.0, 0.0)
@@ -215,6 +221,7 @@ RESIZE_SHAPES = [(8, 8, 16, 16), (16, 16, 32, 32), (8, 8, 32, 32), (16, 16, 224,
                  (2, 2, 4, 4), (7, 9, 100, 50), (5, 4, 5, 4), (4, 4, 33, 12)]
 
 
+@pytest.mark.parity
 @pytest.mark.parametrize("shape", RESIZE_SHAPES)
 def test_resize_matches_cv2(shape):
     h, w, H, W = shape
@@ -236,6 +243,7 @@ def test_resize_matches_cv2(shape):
         cv2.ipp.setUseIPP(ipp)
 
 
+@pytest.mark.parity
 @pytest.mark.parametrize("shape", [(1, 1, 4, 6), (1, 5, 3, 9), (4, 1, 8, 2)])
 def test_resize_thin_maps_within_ulps(shape):
     """cv2 runs its own kernel for a one-row or one-column map: agreement to float32 rounding."""

@@ -74,6 +74,7 @@ def test_one_step_is_muon_on_the_matrices_and_adamw_on_the_rest(muon):
         assert not torch.allclose(p, initial[n]), n  # every parameter moved: the comparison is not of the start
 
 
+@pytest.mark.parity
 @pytest.mark.parametrize("shape", [(32, 32), (32, 128), (128, 32), (5, 3)])
 def test_newton_schulz_keeps_the_singular_vectors(shape):
     """NS(G) = U p(S) V^T for G = U S V^T: in U, V's basis it is diagonal (float64: to 1e-12), with the
@@ -113,12 +114,14 @@ def _three_muon_steps():
     return params, {k: p.detach().numpy().reshape(start[k].shape) for k, p in torch_params.items()}, start
 
 
+@pytest.mark.parity
 def test_numpy_muon_is_torch_muon_in_float64(exact_torch_muon):
     got, expected, start = _three_muon_steps()
     for k in start:
         assert np.abs(got[k] - expected[k]).max() <= 1e-12 * np.abs(expected[k] - start[k]).max(), k
 
 
+@pytest.mark.parity
 def test_numpy_muon_is_torch_muon_up_to_its_bfloat16():
     """torch as it is, orthogonalising in bfloat16 (8 bits of mantissa): the steps agree within 2% of
     their size on these random gradients."""
@@ -151,6 +154,7 @@ def test_muon_changes_the_run(tmp_path):
     assert not torch.allclose(a.state_dict()[name], b.state_dict()[name])
 
 
+@pytest.mark.parity
 @pytest.mark.parametrize("exact, muon", [(True, {}), (False, {}), (True, dict(muon_lr=0.03, muon_momentum=0.5))])
 def test_numpy_backend_step_is_the_torch_backends(exact, muon):
     """Float64 steps of each backend from the same weights on the same batch: after two steps (the second
@@ -179,6 +183,7 @@ def test_bad_optimizer_is_one_line():
     assert "--optimizer: expected one of adamw, muon, got 'sgd'" in line
 
 
+@pytest.mark.parity
 def test_float64_numpy_muon_run_learns_what_torch_muon_learns(tmp_path, exact_torch_muon):
     """Four epochs of a small model on the synthetic data, float64, same seed and batches, torch's bfloat16
     cast patched out: the same history to the printed digit and the same weights to 1e-9, above chance."""

@@ -14,8 +14,13 @@ import subprocess
 import sys
 import textwrap
 
+import pytest
+
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 PACKAGE = ROOT / "numpy_vit"
+
+# numpy_vit computes without torch: the premise of every comparison against torch autograd
+pytestmark = pytest.mark.parity
 
 BLOCKER = textwrap.dedent("""
     import sys

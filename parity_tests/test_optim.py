@@ -7,6 +7,8 @@ import torch
 
 from numpy_vit.optim import SGD, AdamW, clip_grad_norm, piecewise_linear
 
+pytestmark = pytest.mark.parity
+
 
 def _pair(seed, shapes=((4, 3), (5,), (2, 2, 1, 1))):
     rng = np.random.default_rng(seed)

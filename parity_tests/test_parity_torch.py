@@ -21,6 +21,8 @@ import numpy_vit as nv
 import torch_vit.model as tv
 from torch_vit.parity import BOUNDS, assert_rows, model_rows, part_rows, to_torch
 
+pytestmark = pytest.mark.parity
+
 DTYPES = [np.float64, np.float32]
 
 

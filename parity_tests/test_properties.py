@@ -17,6 +17,8 @@ from hypothesis import strategies as st
 import numpy_vit
 from numpy_vit.nn import LayerNorm
 
+pytestmark = pytest.mark.parity
+
 DT = np.float64
 
 seeds = st.integers(0, 2 ** 32 - 1)

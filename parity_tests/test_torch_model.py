@@ -28,6 +28,7 @@ def test_seed_torchinfo():
     assert round(stats.total_mult_adds / 1e6, 2) == 12.99
 
 
+@pytest.mark.parity
 def test_state_dict_names_match_numpy_in_order():
     t = torch_vit.ViT(32, 2, 3, 32, 4, 8)
     n = nv.ViT(32, 2, 3, 32, 4, 8)
@@ -36,6 +37,7 @@ def test_state_dict_names_match_numpy_in_order():
     assert {k: tuple(v.shape) for k, v in t.state_dict().items()} == {k: v.shape for k, v in n.state_dict().items()}
 
 
+@pytest.mark.parity
 def test_numpy_init_follows_torch_init():
     """The same initialisation law on both sides: uniform(+-1/sqrt(fan_in)) for the convolutions
     and the head (torch's default), N(0, 1) for the positional map, LayerNorm ones and zeros."""
@@ -55,6 +57,7 @@ def test_numpy_init_follows_torch_init():
                 assert np.abs(side).max() <= bound and np.abs(side).max() >= (0.5 if side.size >= 10 else 0.05) * bound, k
 
 
+@pytest.mark.parity
 def test_seed_checkpoint_loads_strictly_both_ways(tmp_path):
     """A checkpoint of the seed's own model (a bare state dict) loads with strict=True, and a
     numpy_vit state dict loads into torch and back with no renaming."""

@@ -31,6 +31,7 @@ def numpy_run(tmp_path_factory):
     return (*_run(tmp, "numpy", backend="numpy"), tmp / "numpy")
 
 
+@pytest.mark.parity
 def test_float64_numpy_run_learns_what_torch_learns(tmp_path):
     """Same seed, same batches, float64 on both sides: the same history to the printed digit and
     the same final weights to 1e-9, well above chance."""
@@ -46,6 +47,7 @@ def test_float64_numpy_run_learns_what_torch_learns(tmp_path):
         assert (a - b).abs().max() <= 1e-9 * b.abs().max(), name
 
 
+@pytest.mark.parity
 def test_no_decay_is_the_same_on_both_backends_and_changes_the_run(tmp_path):
     """--no-decay norm,bias,pos: float64 torch (a second param group) and NumPy (skip_decay) end with
     the same weights, which differ from those of a run that decays everything."""
@@ -74,6 +76,7 @@ def test_no_decay_names_by_kind():
     assert no_decay_names(model, ()) == set()
 
 
+@pytest.mark.parity
 def test_numpy_trained_checkpoint_gives_torch_the_same_predictions(numpy_run):
     cfg, data, _, history, out = numpy_run
     model, ckpt = load_checkpoint(str(out / "checkpoint.pt"))

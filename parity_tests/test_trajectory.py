@@ -5,11 +5,14 @@ label smoothing."""
 import contextlib
 
 import numpy as np
+import pytest
 import torch
 
 import numpy_vit.optim
 import torch_vit.trajectory
 from torch_vit.trajectory import TRAJECTORY_BOUNDS, run_trajectory
+
+pytestmark = pytest.mark.parity
 
 SMALL = dict(image_size=(8, 12), patch_size=2, in_channels=3, embedding_dim=16, depth=2, head_channels=8,
              num_classes=5)
