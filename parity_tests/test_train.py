@@ -11,7 +11,7 @@ import time
 import numpy as np
 import pytest
 import torch
-from conftest import EMA_CLI_ARGS, TINY, convvit, usage_error
+from conftest import EMA_CLI_ARGS, QUIET, TINY, convvit, usage_error
 
 from torch_vit import data as data_mod
 from torch_vit.cli import load_for_inspection
@@ -22,7 +22,7 @@ def test_synthetic_run_learns(tmp_path):
     """Four epochs of the seed architecture on the synthetic data: far above the 10% of chance."""
     cfg = make_config("default", epochs=4, lr=0.005, randaugment=None, erasing=0.0, seed=0)
     data = data_mod.make_synthetic(1500, 500)
-    _, history = train(cfg, data, str(tmp_path), progress=False, log=lambda *a: None, device="cpu")
+    _, history = train(cfg, data, str(tmp_path), **QUIET)
     assert [r["epoch"] for r in history] == [0, 1, 2, 3]
     assert history[-1]["test_acc"] >= 0.5, history
     assert history[-1]["train_loss"] < history[0]["train_loss"]
@@ -31,11 +31,10 @@ def test_synthetic_run_learns(tmp_path):
 def test_resume_equals_straight_run_in_process(tmp_path):
     data = data_mod.make_synthetic(300, 100, size=(16, 16))
     cfg = make_config("seed", epochs=3, **TINY)
-    quiet = dict(progress=False, log=lambda *a: None, device="cpu")
-    straight, _ = train(cfg, data, str(tmp_path / "a"), **quiet)
-    train(cfg, data, str(tmp_path / "b"), stop_after=1, **quiet)
+    straight, _ = train(cfg, data, str(tmp_path / "a"), **QUIET)
+    train(cfg, data, str(tmp_path / "b"), stop_after=1, **QUIET)
     assert len(open(tmp_path / "b" / "metrics.jsonl").readlines()) == 1
-    resumed, history = train(cfg, data, str(tmp_path / "b"), resume=True, **quiet)
+    resumed, history = train(cfg, data, str(tmp_path / "b"), resume=True, **QUIET)
     assert [r["epoch"] for r in history] == [0, 1, 2]
     for (k, v), w in zip(straight.state_dict().items(), resumed.state_dict().values()):
         assert torch.equal(v, w), k
@@ -64,11 +63,13 @@ def test_resume_after_sigkill_gives_the_same_weights(ema_cli_run, tmp_path):
     line, epoch 0's, printed after checkpoint.pt and metrics.jsonl are written, and stays there."""
     straight, _, _ = ema_cli_run
     out = tmp_path / "b"
+    # unbuffered, so that epoch 0's line is written when printed; torch's threads as in the straight run
+    env = dict(os.environ, PYTHONUNBUFFERED="1", OMP_NUM_THREADS=str(torch.get_num_threads()))
     read_end, write_end = _full_pipe()
     try:
         with open(tmp_path / "stderr.txt", "w") as err:
             proc = subprocess.Popen([sys.executable, "-m", "torch_vit.cli", *EMA_CLI_ARGS, "--out", str(out)],
-                                    stdout=write_end, stderr=err, env=dict(os.environ, PYTHONUNBUFFERED="1"))
+                                    stdout=write_end, stderr=err, env=env)
         os.close(write_end)
         deadline = time.monotonic() + 600
         metrics = out / "metrics.jsonl"
@@ -136,8 +137,7 @@ def test_outputs_and_evaluate_and_check(ema_cli_run):
 def test_resume_from_a_damaged_checkpoint_is_one_line(tmp_path, damage):
     out = tmp_path / "run"
     cfg = make_config("seed", epochs=1, **TINY)
-    train(cfg, data_mod.make_synthetic(100, 50, size=(16, 16)), str(out), progress=False, log=lambda *a: None,
-          device="cpu")
+    train(cfg, data_mod.make_synthetic(100, 50, size=(16, 16)), str(out), **QUIET)
     ckpt = out / "checkpoint.pt"
     ckpt.write_bytes(ckpt.read_bytes()[:1000] if damage == "truncated" else b"not a checkpoint" * 50)
     assert "not a readable torch checkpoint" in usage_error("train", "--data", "synthetic", "--out", out, "--resume",
