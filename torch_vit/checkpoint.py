@@ -28,6 +28,16 @@ def import_npz(model, path):
     return model
 
 
+def pretrained():
+    """The torch ViT holding the default recipe's trained weights that ship with numpy_vit
+    (``numpy_vit.pretrained_info()`` says how they were made)."""
+    from numpy_vit.pretrained import WEIGHTS, pretrained_info
+
+    config = dict(pretrained_info()["model"])
+    config["image_size"] = tuple(config["image_size"])
+    return import_npz(ViT(**config), WEIGHTS).eval()
+
+
 def numpy_twin(model, dtype=np.float32):
     """The numpy_vit.ViT of the same configuration holding this torch model's weights, in ``dtype``."""
     twin = numpy_vit.ViT(**model.config, dtype=dtype)
