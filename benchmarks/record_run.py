@@ -34,7 +34,7 @@ def cpu_name():
 
 
 def flags_of(command):
-    """The command's training flags: what follows `train`, less --data, --out and --cache-dir."""
+    """The command's training flags: what follows `train`, less --data, --out, --cache-dir and --no-progress."""
     words = shlex.split(command)
     if "train" not in words:
         return command
@@ -45,7 +45,7 @@ def flags_of(command):
             skip = False
         elif w in ("--data", "--out", "--cache-dir", "--data-dir"):
             skip = True
-        elif not w.startswith(("--data=", "--out=", "--cache-dir=", "--data-dir=")):
+        elif w != "--no-progress" and not w.startswith(("--data=", "--out=", "--cache-dir=", "--data-dir=")):
             keep.append(w)
     return " ".join(keep)
 
