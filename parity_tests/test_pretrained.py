@@ -57,6 +57,7 @@ def test_normalize_refuses_what_is_not_uint8_images(bad, what):
         numpy_vit.normalize(bad)
 
 
+@pytest.mark.parity
 def test_numpy_and_torch_pretrained_agree_and_classify_the_samples():
     images, labels, _ = numpy_vit.sample_images()
     m64 = numpy_vit.pretrained(np.float64)
