@@ -1,8 +1,11 @@
 """convvit gradcam and convvit attention on a model and data the test makes: the pictures are real
 PNGs, NumPy agrees with torch and pytorch-grad-cam, and bad input is one line (status 2)."""
 
+import json
+
+import numpy as np
 import pytest
-from conftest import usage_error
+from conftest import convvit, usage_error
 from PIL import Image
 
 import torch_vit
@@ -61,7 +64,8 @@ def test_attention_command_pictures_and_entropy(trained, tmp_path):
 @pytest.mark.parametrize("args, expected", [
     (["gradcam", "--layer", "transformer.layers.9"], "layer"),
     (["gradcam", "--method", "magic"], "--method: expected one of gradcam"),
-    (["attention", "--index", "100000"], "--index: expected 0 to 499, got 100000"),
+    (["attention", "--index", "100000", "--data", "synthetic"], "--index: expected 0 to 499, got 100000"),
+    (["attention", "--index", "10"], "--index: expected 0 to 9, got 10"),  # the ten sample images
     (["gradcam", "--per-class", "0"], "--per-class: expected a positive integer, got '0'"),
     (["gradcam", "--per-class", "1", "--index", "3"], "--per-class and --index: expected one of them, got both"),
 ])
@@ -75,3 +79,36 @@ def test_checkpoint_of_another_shape_is_one_line(tmp_path):
     torch_vit.save_checkpoint(t, tmp_path / "c.pt")
     line = usage_error("gradcam", "--checkpoint", tmp_path / "c.pt", "--data", "synthetic", "--no-progress")
     assert "--data: the checkpoint has 4 classes, the data 10" in line
+
+
+def test_without_checkpoint_and_data_the_commands_use_the_bundled_weights_and_samples(tmp_path):
+    """gradcam and attention with neither --checkpoint nor --data: the weights and the ten sample images that
+    ship with numpy_vit, each said in one line; gradcam picks exactly the samples the model gets wrong."""
+    import numpy_vit
+
+    images, labels, _ = numpy_vit.sample_images()
+    wrong = np.flatnonzero(numpy_vit.pretrained().forward(numpy_vit.normalize(images)).argmax(1) != labels)
+    r = convvit("gradcam", "--out", tmp_path / "g")
+    assert r.returncode == 0, r.stderr
+    assert "no --checkpoint: the default recipe's weights that ship with numpy_vit" in r.stdout
+    assert "no --data: the ten sample images that ship with numpy_vit" in r.stdout
+    assert f"on {len(wrong)} misclassified test images: {', '.join(map(str, wrong))};" in r.stdout
+    assert sorted(p.name for p in (tmp_path / "g").iterdir()) == sorted(
+        ["gradcam.png"] + [f"gradcam_{i}.png" for i in wrong])
+    r = convvit("attention", "--index", "3", "--out", tmp_path / "a")
+    assert r.returncode == 0, r.stderr
+    assert "test image 3 (cat)" in r.stdout and "no --data: the ten sample images" in r.stdout
+    _png(tmp_path / "a" / "attention_3.png", 500, 500)
+
+
+def test_evaluate_without_checkpoint_evaluates_the_bundled_weights(tmp_path):
+    r = convvit("evaluate", "--data", "synthetic", "--no-progress", "--out", tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert "no --checkpoint: the default recipe's weights that ship with numpy_vit" in r.stdout
+    assert json.loads((tmp_path / "report.json").read_text())["test_images"] == 500
+
+
+def test_samples_for_a_checkpoint_of_another_size_is_one_line(tmp_path):
+    torch_vit.save_checkpoint(torch_vit.ViT(16, 2, 3, 16, 1, 8), tmp_path / "c.pt")
+    line = usage_error("attention", "--checkpoint", tmp_path / "c.pt", "--index", "0")
+    assert "--data: the sample images are 32x32, the checkpoint takes 16x16; give --data SOURCE" in line

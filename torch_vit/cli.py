@@ -14,7 +14,7 @@ import torch
 import numpy_vit
 from numpy_vit.gradcheck import fd_agrees, numerical_derivative
 
-from .checkpoint import load_checkpoint, numpy_twin
+from .checkpoint import load_checkpoint, numpy_twin, pretrained
 from .model import ViT
 from .parity import BOUNDS, model_rows, to_torch
 
@@ -228,9 +228,9 @@ def _kinds(text):
     return () if text.lower() in ("none", "off", "") else tuple(k.strip() for k in text.split(","))
 
 
-def _data_args(p, default="synthetic"):
+def _data_args(p, default="synthetic", default_text=None):
     p.add_argument("--data", default=default, metavar="SOURCE",
-                   help="cifar10 | imagefolder:PATH | synthetic (default: " + (default or "the checkpoint's own") + ")")
+                   help="cifar10 | imagefolder:PATH | synthetic (default: " + (default_text or default) + ")")
     p.add_argument("--data-dir", default="data",
                    help="where --data cifar10 looks for or downloads CIFAR-10 (default ./data)")
     p.add_argument("--cache-dir", default=None, help="cache of decoded image folders (default ~/.cache/convvit)")
@@ -275,30 +275,58 @@ def evaluate_command(args):
         model, cfg, data = _load_for_inspection(args)
     except ValueError as e:
         raise UsageError(str(e)) from None
-    out = args.out or os.path.dirname(os.path.abspath(args.checkpoint))
+    out = args.out or _beside_checkpoint(args.checkpoint, "")
     os.makedirs(out, exist_ok=True)
     write_report(model, data, cfg, out)
     print(f"wrote {out}: confusion.png, report.json")
     return 0
 
 
-def _load_for_inspection(args):
-    return load_for_inspection(args.checkpoint, args.data, args.data_dir, args.cache_dir, not args.no_progress)
+PRETRAINED_OUT = os.path.join("runs", "pretrained")  # where the bundled weights' pictures and report go
 
 
-def load_for_inspection(checkpoint, data_spec=None, data_dir="data", cache_dir=None, progress=True):
-    """(torch model, train config, data) for a checkpoint; ``data_spec`` (a --data spec) defaults to
-    the checkpoint's own."""
+def _beside_checkpoint(checkpoint, name):
+    """The default --out: ``name`` beside the checkpoint, or under runs/pretrained for the bundled weights."""
+    folder = os.path.dirname(os.path.abspath(checkpoint)) if checkpoint else PRETRAINED_OUT
+    return os.path.join(folder, name) if name else folder
+
+
+def _load_for_inspection(args, samples=False):
+    return load_for_inspection(args.checkpoint, args.data, args.data_dir, args.cache_dir, not args.no_progress,
+                               samples=samples)
+
+
+def load_for_inspection(checkpoint=None, data_spec=None, data_dir="data", cache_dir=None, progress=True,
+                        samples=False, log=print):
+    """(torch model, train config, data) for a checkpoint, or for the weights that ship with numpy_vit when
+    ``checkpoint`` is None. ``data_spec`` (a --data spec) defaults to the checkpoint's own data, or with
+    ``samples`` to the ten sample images that ship with numpy_vit (saying so in one line)."""
     import dataclasses
+
+    from numpy_vit import pretrained_info
 
     from . import data as data_mod
     from .train import TrainConfig
 
-    model, ckpt = load_checkpoint(checkpoint)
+    if checkpoint is None:
+        model, train_config = pretrained(), pretrained_info()["train_config"]
+        log(f"no --checkpoint: the default recipe's weights that ship with numpy_vit "
+            f"({pretrained_info()['test_acc']:.2f}% on CIFAR-10, JPEG q75 copy)")
+    else:
+        model, ckpt = load_checkpoint(checkpoint)
+        train_config = ckpt.get("train_config", {})
     known = {f.name for f in dataclasses.fields(TrainConfig)}
-    cfg = TrainConfig(**{k: v for k, v in ckpt.get("train_config", {}).items() if k in known})
+    cfg = TrainConfig(**{k: v for k, v in train_config.items() if k in known})
     cfg.image_size = tuple(model.config["image_size"])
-    data = data_mod.load(data_spec or cfg.data, cfg.image_size, data_dir, cache_dir, progress)
+    if data_spec is None and samples:
+        data = data_mod.sample_data()
+        if tuple(data.test_x.shape[-2:]) != cfg.image_size:
+            raise ValueError(f"--data: the sample images are {data.test_x.shape[-1]}x{data.test_x.shape[-2]}, "
+                             f"the checkpoint takes {cfg.image_size[1]}x{cfg.image_size[0]}; give --data SOURCE")
+        log("no --data: the ten sample images that ship with numpy_vit (the first CIFAR-10 test image of each "
+            "class); --data SOURCE for a whole test set")
+    else:
+        data = data_mod.load(data_spec or cfg.data, cfg.image_size, data_dir, cache_dir, progress)
     if len(data.classes) != model.config["num_classes"]:
         raise ValueError(f"--data: the checkpoint has {model.config['num_classes']} classes, "
                          f"the data {len(data.classes)}")
@@ -311,8 +339,8 @@ def gradcam_command(args):
     if args.per_class is not None and args.index is not None:
         raise UsageError("--per-class and --index: expected one of them, got both")
     try:
-        model, cfg, data = _load_for_inspection(args)
-        out = args.out or os.path.join(os.path.dirname(os.path.abspath(args.checkpoint)), "gradcam")
+        model, cfg, data = _load_for_inspection(args, samples=True)
+        out = args.out or _beside_checkpoint(args.checkpoint, "gradcam")
         gradcam(model, data, cfg, out, n=args.n, correct=args.correct, indices=args.index, per_class=args.per_class,
                 layer=args.layer, method=args.method)
     except ValueError as e:
@@ -325,13 +353,17 @@ def attention_command(args):
     from .explain import attention
 
     try:
-        model, cfg, data = _load_for_inspection(args)
-        out = args.out or os.path.join(os.path.dirname(os.path.abspath(args.checkpoint)), "attention")
+        model, cfg, data = _load_for_inspection(args, samples=True)
+        out = args.out or _beside_checkpoint(args.checkpoint, "attention")
         attention(model, data, cfg, out, args.index)
     except ValueError as e:
         raise UsageError(str(e)) from None
     print(f"wrote {out}: attention_{args.index}.png, positional.png")
     return 0
+
+
+CHECKPOINT_HELP = "a torch checkpoint (default: the default recipe's weights that ship with numpy_vit)"
+SAMPLES_TEXT = "the ten sample images that ship with numpy_vit, one CIFAR-10 test image per class"
 
 
 def build_parser():
@@ -409,13 +441,13 @@ def build_parser():
     t.add_argument("--dtype", default="float32", help="float32 (default) | float64, of weights and arithmetic")
 
     e = sub.add_parser("evaluate", help="test accuracy, per class, confusion matrix and NumPy agreement of a checkpoint")
-    _data_args(e, default=None)
-    e.add_argument("--checkpoint", required=True, metavar="PATH")
-    e.add_argument("--out", default=None, help="where to write (default: the checkpoint's folder)")
+    _data_args(e, default=None, default_text="the checkpoint's own")
+    e.add_argument("--checkpoint", metavar="PATH", help=CHECKPOINT_HELP)
+    e.add_argument("--out", default=None, help="where to write (default: the checkpoint's folder, or runs/pretrained)")
 
     g = sub.add_parser("gradcam", help="GradCAM on misclassified test images, for the true and the predicted class")
-    _data_args(g, default=None)
-    g.add_argument("--checkpoint", required=True, metavar="PATH")
+    _data_args(g, default=None, default_text=SAMPLES_TEXT)
+    g.add_argument("--checkpoint", metavar="PATH", help=CHECKPOINT_HELP)
     g.add_argument("--n", type=_positive_int, default=10, help="how many images (default 10)")
     g.add_argument("--per-class", type=_positive_int, default=None, metavar="K",
                    help="the first K of each true class instead of the first --n (an image folder's test split "
@@ -425,13 +457,14 @@ def build_parser():
     g.add_argument("--layer", default=None,
                    help="embedding | transformer.layers.I | mlp_head.0 (default: the last block's output)")
     g.add_argument("--method", default="gradcam", help="a pytorch-grad-cam method: gradcam, gradcam++, eigencam, ...")
-    g.add_argument("--out", default=None, help="default: gradcam/ beside the checkpoint")
+    g.add_argument("--out", default=None, help="default: gradcam/ beside the checkpoint, or runs/pretrained/gradcam")
 
     a = sub.add_parser("attention", help="the channel-attention matrices of a test image and the positional map")
-    _data_args(a, default=None)
-    a.add_argument("--checkpoint", required=True, metavar="PATH")
+    _data_args(a, default=None, default_text=SAMPLES_TEXT)
+    a.add_argument("--checkpoint", metavar="PATH", help=CHECKPOINT_HELP)
     a.add_argument("--index", type=int, required=True, help="test image index")
-    a.add_argument("--out", default=None, help="default: attention/ beside the checkpoint")
+    a.add_argument("--out", default=None,
+                   help="default: attention/ beside the checkpoint, or runs/pretrained/attention")
     return parser
 
 

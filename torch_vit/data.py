@@ -116,6 +116,17 @@ def load_imagefolder(root, size=(32, 32), cache_dir=None, progress=True):
     return Data(tx, ty, vx, vy, classes, f"imagefolder:{root}")
 
 
+def sample_data():
+    """The ten sample images that ship with numpy_vit (the first CIFAR-10 test image of each class) as a
+    Data whose test split they are; its train split is empty."""
+    from numpy_vit import sample_images
+
+    images, labels, classes = sample_images()
+    empty = torch.zeros((0,) + images.shape[1:], dtype=torch.uint8)
+    return Data(empty, torch.zeros(0, dtype=torch.int64), torch.from_numpy(images), torch.from_numpy(labels),
+                classes, "samples")
+
+
 def make_synthetic(n_train=2000, n_test=500, size=(32, 32), num_classes=10, seed=1234):
     """Images a small model can learn but not trivially: each class has its own colour and its own
     stripe orientation and frequency, drawn under noise, a random phase and random brightness."""
