@@ -5,13 +5,15 @@ And what several test files share: the tiny training configuration ``TINY``, the
 ``train`` keywords ``QUIET``, ``convvit`` (the command run in this process, through
 torch_vit.cli.main), ``usage_error`` (the same, for a bad command line: exit status 2 and one line),
 ``convvit_process`` (the command in a fresh interpreter, for what only a real process shows),
-and the session's one ``convvit train`` run (``ema_cli_run``)."""
+the session's one ``convvit train`` run (``ema_cli_run``), and ``BLOCKER``, the prelude that runs code in a
+fresh interpreter as where torch is not installed."""
 
 import contextlib
 import io
 import os
 import subprocess
 import sys
+import textwrap
 from dataclasses import dataclass
 
 import pytest
@@ -86,3 +88,23 @@ def ema_cli_run(tmp_path_factory):
     trained = convvit(*EMA_CLI_ARGS, "--out", out)
     evaluated = convvit("evaluate", "--checkpoint", out / "checkpoint.pt", "--no-progress", "--out", out / "ev")
     return out, trained, evaluated
+
+
+# A prelude for a fresh interpreter (python -c BLOCKER + code): a meta-path finder that raises ImportError for
+# torch and every torch.* module, so that code runs as where torch is not installed.
+BLOCKER = textwrap.dedent("""
+    import sys
+
+    class _BlockTorch:
+        \"\"\"A meta-path finder that refuses torch and its submodules.\"\"\"
+
+        @staticmethod
+        def find_spec(name, path=None, target=None):
+            if name == "torch" or name.startswith("torch."):
+                raise ImportError(f"torch is blocked in this test (import of {name!r})")
+            return None
+
+    for _name in [m for m in sys.modules if m == "torch" or m.startswith("torch.")]:
+        del sys.modules[_name]
+    sys.meta_path.insert(0, _BlockTorch())
+""")

@@ -15,6 +15,7 @@ import sys
 import textwrap
 
 import pytest
+from conftest import BLOCKER
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 PACKAGE = ROOT / "numpy_vit"
@@ -22,22 +23,6 @@ PACKAGE = ROOT / "numpy_vit"
 # numpy_vit computes without torch: the premise of every comparison against torch autograd
 pytestmark = pytest.mark.parity
 
-BLOCKER = textwrap.dedent("""
-    import sys
-
-    class _BlockTorch:
-        \"\"\"A meta-path finder that refuses torch and its submodules.\"\"\"
-
-        @staticmethod
-        def find_spec(name, path=None, target=None):
-            if name == "torch" or name.startswith("torch."):
-                raise ImportError(f"torch is blocked in this test (import of {name!r})")
-            return None
-
-    for _name in [m for m in sys.modules if m == "torch" or m.startswith("torch.")]:
-        del sys.modules[_name]
-    sys.meta_path.insert(0, _BlockTorch())
-""")
 
 WORKLOAD = textwrap.dedent("""
     import os
@@ -67,6 +52,12 @@ WORKLOAD = textwrap.dedent("""
         assert not np.array_equal(m2.forward(x), logits)
         m2.load_state_dict(loaded)
         assert np.array_equal(m2.forward(x), logits), "save_npz/load_npz round trip changed the model"
+
+    # the weights and sample images that ship with numpy_vit, with no torch: the trained model classifies them
+    trained = numpy_vit.pretrained()
+    images, sample_labels, class_names = numpy_vit.sample_images()
+    predicted = trained.forward(numpy_vit.normalize(images)).argmax(1)
+    assert len(class_names) == 10 and (predicted == sample_labels).sum() >= 6, predicted  # chance: 1 in 10
 
     blocked = sorted(name for name in sys.modules if name.split(".")[0] == "torch")
     assert not blocked, f"torch modules were loaded: {blocked}"

@@ -20,7 +20,7 @@ import textwrap
 
 import pytest
 
-from test_numpy_only import BLOCKER
+from conftest import BLOCKER
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "docs" / "walkthrough_attention.py"
