@@ -241,8 +241,12 @@ def _data_args(p, default="synthetic", default_text=None):
 def train_command(args):
     from . import data as data_mod
     from .report import plot_curves, write_report
-    from .train import make_config, train
+    from .train import check_out, make_config, train
 
+    try:
+        check_out(args.out, args.resume, args.overwrite)  # before the data: a refusal costs nothing
+    except ValueError as e:
+        raise UsageError(str(e)) from None
     scalars = ("epochs", "batch_size", "test_batch_size", "optimizer", "lr", "muon_lr", "muon_momentum",
                "weight_decay", "no_decay", "betas", "label_smoothing", "clip", "ema", "peak_epoch", "knee_epoch",
                "knee_lr", "pad_crop", "flip", "erasing", "seed")
@@ -259,7 +263,7 @@ def train_command(args):
         raise UsageError(f"--resume: expected {os.path.join(args.out, 'checkpoint.pt')}, found none")
     try:
         model, history = train(cfg, data, args.out, resume=args.resume, device=args.device,
-                               progress=not args.no_progress)
+                               progress=not args.no_progress, overwrite=args.overwrite)
     except ValueError as e:
         raise UsageError(str(e)) from None
     plot_curves(history, os.path.join(args.out, "curves.png"))
@@ -401,6 +405,9 @@ def build_parser():
     t.add_argument("--recipe", default="default", help="seed | default")
     t.add_argument("--out", default="runs/latest", help="output folder (default runs/latest)")
     t.add_argument("--resume", action="store_true", help="continue the run in --out from its checkpoint")
+    t.add_argument("--overwrite", action="store_true",
+                   help="replace the run in --out (refused without this or --resume); its files stay as they "
+                        "were until the new run's first checkpoint")
     t.add_argument("--seed", type=int, default=None)
     t.add_argument("--epochs", type=_positive_int)
     t.add_argument("--batch-size", type=_positive_int)

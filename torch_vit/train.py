@@ -15,6 +15,7 @@ import dataclasses
 import json
 import math
 import os
+import shutil
 import time
 from dataclasses import dataclass
 
@@ -412,18 +413,53 @@ def _map_arrays(opt_state, kind, convert):
     return dict(opt_state, state=state)
 
 
-def train(cfg, data, out, resume=False, device=None, progress=True, log=print, stop_after=None):
+# What a run (train, then the CLI's pictures and report) writes into its folder: the files --overwrite replaces.
+RUN_FILES = ("checkpoint.pt", "metrics.jsonl", "config.json", "stopped.json", "curves.png", "confusion.png",
+             "report.json")
+
+
+def check_out(out, resume=False, overwrite=False):
+    """A one-line ValueError unless ``out`` may take this run: a folder holding a run (checkpoint.pt or
+    metrics.jsonl) needs ``resume`` (continue it) or ``overwrite`` (replace it), never both."""
+    if resume and overwrite:
+        raise ValueError("--resume and --overwrite: expected one of them (continue the run or replace it), got both")
+    held = [f for f in ("checkpoint.pt", "metrics.jsonl") if os.path.exists(os.path.join(out, f))]
+    if held and not resume and not overwrite:
+        raise ValueError(f"--out {out}: expected a folder without a run, it holds one ({', '.join(held)}); "
+                         f"--resume to continue it, --overwrite to replace it")
+
+
+def _move_aside(out):
+    """Move the run files already in ``out`` into out/.old-<time>-<pid>/ (renames, nothing copied); returns
+    that folder, or None when there were none."""
+    old = [f for f in RUN_FILES if os.path.exists(os.path.join(out, f))]
+    if not old:
+        return None
+    aside = os.path.join(out, f".old-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}")
+    os.makedirs(aside)
+    for f in old:
+        os.replace(os.path.join(out, f), os.path.join(aside, f))
+    return aside
+
+
+def train(cfg, data, out, resume=False, device=None, progress=True, log=print, stop_after=None, overwrite=False):
     """Train, writing everything into ``out``; returns (torch model, history). ``stop_after``: end
-    after that many epochs of this call (a test's stand-in for a kill)."""
+    after that many epochs of this call (a test's stand-in for a kill).
+
+    A folder holding a run needs ``resume`` or ``overwrite`` (``check_out``). A new run leaves whatever
+    is in ``out`` as it was until its first checkpoint: only then are the old run's files moved into
+    out/.old-<time>-<pid>/, the new config.json, checkpoint.pt and metrics.jsonl written, and that folder
+    removed; a run that dies before its first checkpoint leaves the old one intact."""
     from tqdm import tqdm
 
+    check_out(out, resume, overwrite)
     device = torch.device(device or ("cuda" if torch.cuda.is_available() and cfg.backend == "torch" else "cpu"))
     if cfg.amp and cfg.dtype != "float32":
         raise ValueError(f"--amp: bfloat16 autocast needs --dtype float32, got {cfg.dtype}")
     run = (NumpyBackend if cfg.backend == "numpy" else TorchBackend)(cfg, device)
     os.makedirs(out, exist_ok=True)
     ckpt_path = os.path.join(out, "checkpoint.pt")
-    history, start = [], 0
+    history, start, fresh = [], 0, True
     if resume and os.path.exists(ckpt_path):
         _, ckpt = load_checkpoint(ckpt_path)
         saved = ckpt.get("train_config", {})
@@ -431,12 +467,13 @@ def train(cfg, data, out, resume=False, device=None, progress=True, log=print, s
         if mismatched:
             raise ValueError(f"--resume: {ckpt_path} was written with other settings: {', '.join(mismatched)}")
         run.load(ckpt)
-        history, start = list(ckpt["history"]), ckpt["epoch"] + 1
+        history, start, fresh = list(ckpt["history"]), ckpt["epoch"] + 1, False
         log(f"resuming {out} after epoch {ckpt['epoch']}")
-    _write_atomic(os.path.join(out, "config.json"),
-                  json.dumps(dict(dataclasses.asdict(cfg), data_source=data.source, classes=data.classes,
+    config_text = json.dumps(dict(dataclasses.asdict(cfg), data_source=data.source, classes=data.classes,
                                   device=str(device), torch=torch.__version__, threads=torch.get_num_threads()),
-                             indent=1, default=list) + "\n")
+                             indent=1, default=list) + "\n"
+    if not fresh:
+        _write_atomic(os.path.join(out, "config.json"), config_text)
 
     augment = augmenter(cfg)
     train_x, train_y = data.train_x.to(device), data.train_y.to(device)
@@ -477,10 +514,17 @@ def train(cfg, data, out, resume=False, device=None, progress=True, log=print, s
         # the checkpoint first: metrics.jsonl never lists an epoch that --resume cannot find. Its model is
         # the run's result, the moving average with --ema (the trained weights then go under train_model)
         extra = dict(train_model=run.torch_model().state_dict()) if cfg.ema else {}
+        aside = None
+        if fresh:  # the new run's first checkpoint: only now does the old run (if any) make way
+            aside = _move_aside(out)
+            _write_atomic(os.path.join(out, "config.json"), config_text)
+            fresh = False
         save_checkpoint(run.torch_model(ema=bool(cfg.ema)), ckpt_path, optimizer=run.optimizer_state(), epoch=epoch,
                         history=history, train_config=dataclasses.asdict(cfg), classes=data.classes,
                         norm=(cfg.mean, cfg.std), **extra)
         _write_atomic(os.path.join(out, "metrics.jsonl"), "".join(json.dumps(r) + "\n" for r in history))
+        if aside:
+            shutil.rmtree(aside)
         ema_acc = f"EMA Test Acc: {row['ema_test_acc']:.4f}, " if cfg.ema else ""
         log(f"ViT: Epoch: {epoch} | Train Acc: {row['train_acc']:.4f}, Test Acc: {row['test_acc']:.4f}, {ema_acc}"
             f"Time: {row['time']:.1f}, lr: {lr:.6f}")

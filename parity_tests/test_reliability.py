@@ -1,0 +1,84 @@
+"""Runs that lose nothing (issue 17; docs/reliability.md): a folder holding a run is not written over
+without --overwrite, and an --overwrite run leaves the old one intact until its first checkpoint."""
+
+import os
+
+import pytest
+from conftest import QUIET, TINY, usage_error
+
+from torch_vit import data as data_mod
+from torch_vit import train as train_mod
+from torch_vit.train import make_config, train
+
+
+def _tiny_run(out, overwrite=False, **settings):
+    cfg = make_config("seed", **{**TINY, "epochs": 1, **settings})
+    return train(cfg, data_mod.make_synthetic(128, 32, size=(16, 16)), str(out), overwrite=overwrite, **QUIET)
+
+
+def _snapshot(folder):
+    """{name: (bytes, mtime in ns)} of every file under ``folder``."""
+    snap = {}
+    for root, _, files in os.walk(folder):
+        for f in files:
+            path = os.path.join(root, f)
+            with open(path, "rb") as fh:
+                snap[os.path.relpath(path, folder)] = (fh.read(), os.stat(path).st_mtime_ns)
+    return snap
+
+
+@pytest.fixture(scope="module")
+def old_run(tmp_path_factory):
+    """A finished tiny run, with the pictures and report the CLI adds standing in as small files."""
+    out = tmp_path_factory.mktemp("old") / "run"
+    _tiny_run(out)
+    for name in ("curves.png", "confusion.png", "report.json"):
+        (out / name).write_text(f"old {name}")
+    return out
+
+
+@pytest.mark.parametrize("held", ["checkpoint.pt", "metrics.jsonl"])
+def test_a_folder_holding_a_run_is_refused_and_untouched(old_run, tmp_path, held):
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / held).write_bytes((old_run / held).read_bytes())
+    before = _snapshot(out)
+    line = usage_error("train", "--data", "synthetic", "--epochs", "1", "--no-progress", "--out", out)
+    assert f"--out {out}: expected a folder without a run, it holds one ({held})" in line
+    assert "--resume to continue it, --overwrite to replace it" in line
+    assert _snapshot(out) == before
+
+
+def test_resume_and_overwrite_together_is_one_line(old_run):
+    line = usage_error("train", "--no-progress", "--out", old_run, "--resume", "--overwrite")
+    assert "--resume and --overwrite: expected one of them" in line
+
+
+def test_overwrite_that_dies_before_its_first_checkpoint_leaves_the_old_run(old_run, monkeypatch):
+    """The new run fails at its third step (before epoch 0's checkpoint): every old file as it was."""
+    before = _snapshot(old_run)
+    real, calls = train_mod.TorchBackend.step, []
+
+    def failing(self, *args, **kwargs):
+        calls.append(1)
+        if len(calls) == 3:
+            raise RuntimeError("the machine died")
+        return real(self, *args, **kwargs)
+
+    monkeypatch.setattr(train_mod.TorchBackend, "step", failing)
+    with pytest.raises(RuntimeError, match="the machine died"):
+        _tiny_run(old_run, batch_size=32, seed=7, overwrite=True)
+    assert len(calls) == 3
+    assert _snapshot(old_run) == before
+
+
+def test_overwrite_replaces_the_run(old_run, tmp_path):
+    import json
+    import shutil
+
+    out = tmp_path / "run"
+    shutil.copytree(old_run, out)
+    _tiny_run(out, seed=7, overwrite=True)
+    assert sorted(os.listdir(out)) == ["checkpoint.pt", "config.json", "metrics.jsonl"]  # old pictures gone, no .old-*
+    assert json.loads((out / "config.json").read_text())["seed"] == 7
+    assert (out / "checkpoint.pt").read_bytes() != (old_run / "checkpoint.pt").read_bytes()
