@@ -4,7 +4,7 @@ without --overwrite, and an --overwrite run leaves the old one intact until its 
 import os
 
 import pytest
-from conftest import QUIET, TINY, usage_error
+from conftest import QUIET, TINY, convvit, usage_error
 
 from torch_vit import data as data_mod
 from torch_vit import train as train_mod
@@ -82,3 +82,53 @@ def test_overwrite_replaces_the_run(old_run, tmp_path):
     assert sorted(os.listdir(out)) == ["checkpoint.pt", "config.json", "metrics.jsonl"]  # old pictures gone, no .old-*
     assert json.loads((out / "config.json").read_text())["seed"] == 7
     assert (out / "checkpoint.pt").read_bytes() != (old_run / "checkpoint.pt").read_bytes()
+
+
+@pytest.mark.parametrize("backend", ["torch", "numpy"])
+def test_a_non_finite_loss_stops_the_run_in_one_line(tmp_path, backend):
+    """--lr 1e30: the second step's loss is NaN; exit status 1, one line naming the epoch, the step and
+    the learning rate, and nothing of the run written (no checkpoint.pt, no metrics.jsonl)."""
+    r = convvit("train", "--data", "synthetic", "--epochs", "1", "--lr", "1e30", "--backend", backend,
+                "--device", "cpu", "--no-progress", "--out", tmp_path / "run")
+    assert r.returncode == 1, r.stdout + r.stderr
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and len(lines[0]) <= 200, r.stderr
+    assert lines[0].startswith("convvit: error: stopped at epoch 0, step 1 of 32: loss nan")
+    assert "likely cause: the learning rate (--lr 1e+30)" in lines[0]
+    assert not (tmp_path / "run" / "checkpoint.pt").exists() and not (tmp_path / "run" / "metrics.jsonl").exists()
+
+
+@pytest.mark.parametrize("backend", ["torch", "numpy"])
+def test_a_stop_keeps_the_last_good_checkpoint_and_resume_says_why(tmp_path, monkeypatch, backend):
+    """Epoch 1 at a learning rate of 1e30 (epoch 0 as scheduled): the run stops at epoch 1, step 1 (step 0 computes its loss before the huge update),
+    checkpoint.pt and metrics.jsonl keep epoch 0, stopped.json says why; --resume with the same settings
+    says in one line that it will stop again (and does), with a changed --lr it goes on and forgets the stop."""
+    import json
+    import shutil
+
+    from torch_vit.checkpoint import load_checkpoint
+
+    real_lr_at = train_mod.TrainConfig.lr_at
+    monkeypatch.setattr(train_mod.TrainConfig, "lr_at", lambda self, t, lr=None: 1e30 if t > 1 else real_lr_at(self, t, lr))
+    cfg = make_config("seed", **{**TINY, "epochs": 2, "batch_size": 32, "backend": backend})
+    data = data_mod.make_synthetic(128, 32, size=(16, 16))
+    out = tmp_path / "run"
+    with pytest.raises(train_mod.NonFiniteLoss, match=r"^stopped at epoch 1, step 1 of 4: loss (nan|inf).*--lr 0\.01"):
+        train(cfg, data, str(out), **QUIET)
+    _, ckpt = load_checkpoint(str(out / "checkpoint.pt"))  # finite weights, or it raises
+    assert ckpt["epoch"] == 0 and [r["epoch"] for r in ckpt["history"]] == [0]
+    assert [json.loads(l)["epoch"] for l in (out / "metrics.jsonl").read_text().splitlines()] == [0]
+    assert json.loads((out / "stopped.json").read_text())["epoch"] == 1
+
+    shutil.copytree(out, tmp_path / "again")
+    said = []
+    with pytest.raises(train_mod.NonFiniteLoss, match="stopped at epoch 1, step 1"):
+        train(cfg, data, str(tmp_path / "again"), resume=True, **dict(QUIET, log=said.append))
+    assert said[1].startswith("warning: this run stopped at epoch 1, step 1") and "stop there again" in said[1]
+
+    monkeypatch.setattr(train_mod.TrainConfig, "lr_at", real_lr_at)
+    said = []
+    _, history = train(train_mod.dataclasses.replace(cfg, lr=0.005), data, str(out), resume=True,
+                       **dict(QUIET, log=said.append))
+    assert "resuming with changed --lr 0.01 -> 0.005" in said[1]
+    assert [r["epoch"] for r in history] == [0, 1] and not (out / "stopped.json").exists()

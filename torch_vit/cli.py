@@ -241,7 +241,7 @@ def _data_args(p, default="synthetic", default_text=None):
 def train_command(args):
     from . import data as data_mod
     from .report import plot_curves, write_report
-    from .train import check_out, make_config, train
+    from .train import NonFiniteLoss, check_out, make_config, train
 
     try:
         check_out(args.out, args.resume, args.overwrite)  # before the data: a refusal costs nothing
@@ -266,6 +266,9 @@ def train_command(args):
                                progress=not args.no_progress, overwrite=args.overwrite)
     except ValueError as e:
         raise UsageError(str(e)) from None
+    except NonFiniteLoss as e:
+        print(f"convvit: error: {e}", file=sys.stderr)
+        return 1
     plot_curves(history, os.path.join(args.out, "curves.png"))
     write_report(model, data, cfg, args.out)
     print(f"wrote {args.out}: config.json, metrics.jsonl, checkpoint.pt, curves.png, confusion.png, report.json")

@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 
 import numpy_vit
-from numpy_vit.io import atomic_write
+from numpy_vit.io import atomic_write, write_json
 from numpy_vit.optim import AdamW, Muon, clip_grad_norm
 
 from .augment import CIFAR10_MEAN, CIFAR10_STD, Augment, normalize
@@ -289,7 +289,10 @@ class TorchBackend:
         self.model.zero_grad(set_to_none=True)  # every parameter, Muon's too
         loss.backward()
         if cfg.clip:
-            torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.clip)
+            self.grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.clip)
+        else:
+            self.grad_norm = torch.linalg.vector_norm(
+                torch.stack([torch.linalg.vector_norm(p.grad) for p in self.model.parameters() if p.grad is not None]))
         self.opt.step()
         if self.muon:
             muon_step(self.muon, self.muon_views)
@@ -352,12 +355,23 @@ class NumpyBackend:
     def step(self, xb, yb, lr, muon_lr=None):
         cfg = self.cfg
         x, y = xb.numpy().astype(self.np_dtype), yb.numpy()
+        with np.errstate(over="ignore", invalid="ignore"):  # diverging weights: the loop's check says so in one line
+            return self._step(x, y, lr, muon_lr)
+
+    def _step(self, x, y, lr, muon_lr):
+        cfg = self.cfg
         logits = self.model.forward(x)  # (B, K)
+        if not np.isfinite(logits).all():  # cross_entropy refuses such logits: the loss is not finite, no update
+            self.grad_norm = torch.tensor(math.nan, dtype=torch.float64)
+            return torch.tensor(math.nan, dtype=torch.float64), torch.tensor(0)
         loss, dlogits = numpy_vit.cross_entropy(logits, y, cfg.label_smoothing)
         self.model.backward(dlogits)
         grads = self.model.grads
         if cfg.clip:
-            clip_grad_norm(grads, cfg.clip)
+            norm = clip_grad_norm(grads, cfg.clip)
+        else:
+            norm = np.sqrt(sum(float(np.sum(g.astype(np.float64) ** 2)) for g in grads.values()))
+        self.grad_norm = torch.tensor(float(norm), dtype=torch.float64)
         self.opt.lr = lr
         self.opt.step(grads)
         if self.muon:
@@ -413,6 +427,14 @@ def _map_arrays(opt_state, kind, convert):
     return dict(opt_state, state=state)
 
 
+class NonFiniteLoss(RuntimeError):
+    """A training step gave a NaN or infinite loss or gradient norm: the run stopped (exit status 1 in the CLI)."""
+
+
+STOPPED = "stopped.json"  # in the run folder: why the run stopped (a non-finite step), for --resume to say
+REMEDIES = ("lr", "muon_lr", "clip")  # settings a stopped run may be resumed with changed
+
+
 # What a run (train, then the CLI's pictures and report) writes into its folder: the files --overwrite replaces.
 RUN_FILES = ("checkpoint.pt", "metrics.jsonl", "config.json", "stopped.json", "curves.png", "confusion.png",
              "report.json")
@@ -464,11 +486,23 @@ def train(cfg, data, out, resume=False, device=None, progress=True, log=print, s
         _, ckpt = load_checkpoint(ckpt_path)
         saved = ckpt.get("train_config", {})
         mismatched = [k for k, v in dataclasses.asdict(cfg).items() if _plain(saved.get(k, _DEFAULTS[k])) != _plain(v)]
+        stopped = _read_stopped(out)
+        remedied = [k for k in mismatched if k in REMEDIES] if stopped else []
+        mismatched = [k for k in mismatched if k not in remedied]
         if mismatched:
             raise ValueError(f"--resume: {ckpt_path} was written with other settings: {', '.join(mismatched)}")
         run.load(ckpt)
         history, start, fresh = list(ckpt["history"]), ckpt["epoch"] + 1, False
         log(f"resuming {out} after epoch {ckpt['epoch']}")
+        if stopped and remedied:
+            log(f"this run stopped at epoch {stopped['epoch']}, step {stopped['step']} (loss {stopped['loss']}, "
+                f"gradient norm {stopped['grad_norm']}); resuming with changed "
+                + ", ".join(f"--{k.replace('_', '-')} {_plain(saved.get(k, _DEFAULTS[k]))} -> {_plain(getattr(cfg, k))}"
+                            for k in remedied))
+        elif stopped:
+            log(f"warning: this run stopped at epoch {stopped['epoch']}, step {stopped['step']} (loss "
+                f"{stopped['loss']}, gradient norm {stopped['grad_norm']}) at --lr {cfg.lr:g}; with the same settings "
+                f"it will stop there again: give a lower --lr (or --clip)")
     config_text = json.dumps(dict(dataclasses.asdict(cfg), data_source=data.source, classes=data.classes,
                                   device=str(device), torch=torch.__version__, threads=torch.get_num_threads()),
                              indent=1, default=list) + "\n"
@@ -480,8 +514,13 @@ def train(cfg, data, out, resume=False, device=None, progress=True, log=print, s
     n = len(train_x)
     steps = math.ceil(n / cfg.batch_size)
     done = 0
+    # the first non-finite step of an epoch, tracked on the device and looked at every step on the CPU, every
+    # 50 steps on CUDA (no synchronisation per step); nothing of such a step reaches checkpoint.pt or metrics.jsonl
+    check_every = 1 if device.type == "cpu" else 50
     for epoch in range(start, cfg.epochs):
         started = time.perf_counter()
+        first_bad = torch.full((), -1, device=device, dtype=torch.int64)
+        bad_values = torch.zeros(2, device=device, dtype=torch.float64)
         g = _epoch_generator(cfg.seed, epoch)
         perm = torch.randperm(n, generator=g).to(device)
         seen = 0
@@ -496,6 +535,13 @@ def train(cfg, data, out, resume=False, device=None, progress=True, log=print, s
             t = epoch + (step + 1) / steps
             lr = cfg.lr_at(t)
             loss_b, correct_b = run.step(xb, yb, lr, cfg.muon_lr_at(t))
+            values = torch.stack([loss_b.to(device, torch.float64) / len(idx), run.grad_norm.to(device, torch.float64)])
+            new_bad = (first_bad < 0) & ~torch.isfinite(values).all()
+            first_bad = torch.where(new_bad, step, first_bad)
+            bad_values = torch.where(new_bad, values, bad_values)
+            if (step % check_every == check_every - 1 or step == steps - 1) and first_bad.item() >= 0:
+                bar.close()
+                _stop(cfg, out, epoch, int(first_bad), steps, bad_values.tolist(), history, recorded=not fresh)
             if cfg.ema:
                 run.update_ema(ema_decay(cfg.ema, epoch * steps + step))
             loss_sum += loss_b.to(device)
@@ -525,6 +571,8 @@ def train(cfg, data, out, resume=False, device=None, progress=True, log=print, s
         _write_atomic(os.path.join(out, "metrics.jsonl"), "".join(json.dumps(r) + "\n" for r in history))
         if aside:
             shutil.rmtree(aside)
+        if os.path.exists(os.path.join(out, STOPPED)):  # a stopped run resumed past its stop
+            os.unlink(os.path.join(out, STOPPED))
         ema_acc = f"EMA Test Acc: {row['ema_test_acc']:.4f}, " if cfg.ema else ""
         log(f"ViT: Epoch: {epoch} | Train Acc: {row['train_acc']:.4f}, Test Acc: {row['test_acc']:.4f}, {ema_acc}"
             f"Time: {row['time']:.1f}, lr: {lr:.6f}")
@@ -532,6 +580,34 @@ def train(cfg, data, out, resume=False, device=None, progress=True, log=print, s
         if stop_after is not None and done >= stop_after and epoch + 1 < cfg.epochs:
             break
     return run.torch_model(ema=bool(cfg.ema)), history
+
+
+def _stop(cfg, out, epoch, step, steps, values, history, recorded):
+    """Raise NonFiniteLoss for the first non-finite step (epoch, step), naming the likely cause; when
+    checkpoint.pt is this run's (``recorded``), record the stop in out/stopped.json for --resume to say."""
+    loss, norm = (str(v) for v in values)
+    kept = (f"checkpoint.pt keeps epoch {history[-1]['epoch']}" if recorded and history
+            else "no checkpoint of this run was written")
+    reason = (f"stopped at epoch {epoch}, step {step} of {steps}: loss {loss}, gradient norm {norm}, not finite; "
+              f"likely cause: the learning rate (--lr {cfg.lr:g}), lower it; {kept}")
+    if recorded:
+        write_json(os.path.join(out, STOPPED), dict(epoch=epoch, step=step, loss=loss, grad_norm=norm, lr=cfg.lr,
+                                                    muon_lr=cfg.muon_lr, clip=cfg.clip, reason=reason))
+    raise NonFiniteLoss(reason)
+
+
+def _read_stopped(out):
+    """The stop recorded in out/stopped.json, or None."""
+    path = os.path.join(out, STOPPED)
+    if not os.path.exists(path):
+        return None
+    try:
+        with open(path) as f:
+            stopped = json.load(f)
+        return {k: stopped[k] for k in ("epoch", "step", "loss", "grad_norm")}
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise ValueError(f"--resume: {path}: expected the record of a stopped run, got an unreadable file "
+                         f"({type(e).__name__})") from None
 
 
 def _plain(v):
