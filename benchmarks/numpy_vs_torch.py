@@ -52,6 +52,7 @@ import numpy as np  # noqa: E402  (after the thread settings)
 
 import numpy_vit as nv  # noqa: E402
 from numpy_vit.io import write_json  # noqa: E402
+from record_run import cpu_name  # noqa: E402
 from render_docs import ratio_table as table  # noqa: E402  (the docs' tables and this script's print the same)
 
 if ARGS.memory_child != "numpy":
@@ -248,13 +249,7 @@ def machine():
         blas = np.show_config(mode="dicts")["Build Dependencies"]["blas"]
     except (TypeError, KeyError):  # NumPy before 1.26
         blas = {}
-    cpu = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo") as f:
-            cpu = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
-    return dict(cpu=cpu, cores=os.cpu_count(), threads=ARGS.threads, python=platform.python_version(),
+    return dict(cpu=cpu_name(), cores=os.cpu_count(), threads=ARGS.threads, python=platform.python_version(),
                 numpy=np.__version__, blas=f"{blas.get('name')} {blas.get('version')}",
                 torch=torch.__version__, torch_threads=torch.get_num_threads())
 

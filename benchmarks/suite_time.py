@@ -15,17 +15,10 @@ import sys
 import time
 
 from numpy_vit.io import write_json
+from record_run import cpu_name
 
 ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..")
 COMMANDS = ("python -m pytest -m parity", "python -m pytest")
-
-
-def cpu_name():
-    try:
-        with open("/proc/cpuinfo") as f:
-            return next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
-    except (OSError, StopIteration):
-        return platform.processor() or platform.machine()
 
 
 def main(argv=None):
