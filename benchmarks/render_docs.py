@@ -13,7 +13,6 @@ suite_time), each written by the command that its doc page shows.
 
 import argparse
 import json
-import math
 import os
 import pathlib
 import re

@@ -12,7 +12,7 @@ import torch
 
 import numpy_vit
 import torch_vit
-from numpy_vit.pretrained import SAMPLES, WEIGHTS
+from numpy_vit.pretrained import WEIGHTS
 from torch_vit.augment import normalize as torch_normalize
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
