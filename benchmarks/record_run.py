@@ -50,8 +50,8 @@ def flags_of(command):
     return " ".join(keep)
 
 
-def record(run_dir, name, group, command, recipe=None, machine=None, wall_s=None, note=None, results=RESULTS,
-           overwrite=False):
+def record(run_dir, name, group, command, recipe=None, machine=None, wall_s=None, wall_note=None, note=None,
+           results=RESULTS, overwrite=False):
     run_dir, out = pathlib.Path(run_dir), pathlib.Path(results) / name
     missing = [f for f in FILES if not (run_dir / f).is_file()]
     if missing:
@@ -75,7 +75,7 @@ def record(run_dir, name, group, command, recipe=None, machine=None, wall_s=None
                train_acc=round(100 * last["train_acc"], 2),
                ema_test_acc=round(100 * last["ema_test_acc"], 2) if "ema_test_acc" in last else None,
                wall_s=round(wall_s if wall_s is not None else sum(r["time"] for r in rows)),
-               wall_note=None if wall_s is not None else "the epochs' own times summed: no start-up, no final report",
+               wall_note=wall_note if wall_s is not None else "the epochs' own times summed: no start-up, no final report",
                note=note, source=f"written by benchmarks/record_run.py from {run_dir}")
     out.mkdir(parents=True, exist_ok=True)
     for f in FILES:
@@ -93,11 +93,12 @@ def main(argv=None):
     ap.add_argument("--recipe", help="seed | default | default-adamw: counts in that recipe's statistics")
     ap.add_argument("--machine", help="default: this machine's CPU and the run's torch")
     ap.add_argument("--wall-s", type=float, help="the whole command's wall time (default: the epochs' times summed)")
+    ap.add_argument("--wall-note", help="what --wall-s covers and what shared the machine")
     ap.add_argument("--note")
     ap.add_argument("--overwrite", action="store_true")
     args = ap.parse_args(argv)
     out = record(args.run_dir, args.name, args.group, args.command, recipe=args.recipe, machine=args.machine,
-                 wall_s=args.wall_s, note=args.note, overwrite=args.overwrite)
+                 wall_s=args.wall_s, wall_note=args.wall_note, note=args.note, overwrite=args.overwrite)
     print(f"recorded {args.run_dir} in {out}")
 
 

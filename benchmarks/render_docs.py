@@ -177,7 +177,7 @@ def render_suite_time(results):
 
 
 def render_training_results(results):
-    names = ("seed", "default", "default-adamw")
+    names = ("seed", "default", "default-adamw", "muon-s4")
     rows = []
     for n in names:
         r = results.run(n)
