@@ -94,10 +94,10 @@ def test_bad_checkpoint_is_one_line(tmp_path, damage):
     if damage == "truncated":
         data = path.read_bytes()
         path.write_bytes(data[: len(data) // 2])
-        expected = "not a readable torch checkpoint"
+        expected = "expected a complete torch checkpoint"
     elif damage == "garbage":
         path.write_bytes(b"\x00garbage" * 100)
-        expected = "not a readable torch checkpoint"
+        expected = "expected a torch checkpoint, got a file that is not one"
     elif damage == "not a dict":
         torch.save([1, 2, 3], path)
         expected = "expected a dict"

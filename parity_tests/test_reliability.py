@@ -132,3 +132,73 @@ def test_a_stop_keeps_the_last_good_checkpoint_and_resume_says_why(tmp_path, mon
                        **dict(QUIET, log=said.append))
     assert "resuming with changed --lr 0.01 -> 0.005" in said[1]
     assert [r["epoch"] for r in history] == [0, 1] and not (out / "stopped.json").exists()
+
+
+def _damaged(folder, kind):
+    """A file at ``folder`` that is no checkpoint of this project, of the given kind."""
+    import numpy as np
+    import torch
+
+    import torch_vit
+
+    torch.manual_seed(0)
+    model = torch_vit.ViT(8, 2, 3, 8, 1, 4)
+    good = folder / "good.pt"
+    torch_vit.save_checkpoint(model, good)
+    path = folder / (kind + (".npz" if kind.startswith("npz") else ".pt"))
+    state = {k: v.numpy() for k, v in model.state_dict().items()}
+    if kind == "truncated":
+        path.write_bytes(good.read_bytes()[:1000])
+    elif kind == "garbage":
+        path.write_bytes(b"not a checkpoint" * 50)
+    elif kind == "empty":
+        path.write_bytes(b"")
+    elif kind == "pickled":
+        torch.save({"model": model.state_dict(), "extra": _NotATensor()}, path)
+    elif kind == "other_model":
+        torch.save({"model": {"fc.weight": torch.zeros(3, 3)}}, path)
+    elif kind == "other_architecture":
+        torch.save({"model": model.state_dict(), "config": dict(model.config, depth=3)}, path)
+    elif kind == "npz_keys":
+        np.savez(path, **{k.replace("mlp_head", "head"): v for k, v in state.items()})
+    elif kind == "npz_shapes":
+        np.savez(path, **dict(state, **{"mlp_head.3.bias": np.zeros(7, np.float32)}))
+    return path
+
+
+class _NotATensor:
+    pass
+
+
+@pytest.mark.parametrize("kind, expected", [
+    ("truncated", "expected a complete torch checkpoint (a zip archive), got a truncated or damaged file"),
+    ("garbage", "expected a torch checkpoint, got a file that is not one (Unsupported operand"),
+    ("empty", "expected a torch checkpoint, got an empty file"),
+    ("pickled", "expected tensors and plain values only (weights_only), got a pickled"),
+    ("other_model", "expected a convvit ViT, got another model"),
+    ("other_architecture", "state dict does not fit ViT: missing keys: transformer.layers.1."),
+    ("npz_keys", "expected a convvit ViT, got another model (missing mlp_head"),
+    ("npz_shapes", "shape mismatches: mlp_head.3.bias expected (10,) got (7,)"),
+])
+@pytest.mark.parametrize("command", ["evaluate", "check"])
+def test_a_bad_checkpoint_is_one_short_line(tmp_path, kind, expected, command):
+    path = _damaged(tmp_path, kind)
+    line = usage_error(command, "--checkpoint", path, *(["--no-progress"] if command == "evaluate" else []))
+    assert line.startswith(f"convvit: error: checkpoint {path}: ") and expected in line, line
+    assert len(line) <= 200, line
+
+
+@pytest.mark.parametrize("config, expected", [
+    ('{"version": 2}', "config.json: expected version <= 1 (this convvit), got 2 (a newer convvit's run)"),
+    ("{not json", "config.json: expected a JSON object, got an unreadable file (JSONDecodeError)"),
+])
+def test_resume_refuses_a_newer_or_unreadable_config(old_run, tmp_path, config, expected):
+    import json
+    import shutil
+
+    assert json.loads((old_run / "config.json").read_text())["version"] == 1  # what train writes
+    out = tmp_path / "run"
+    shutil.copytree(old_run, out)
+    (out / "config.json").write_text(config)
+    line = usage_error("train", "--data", "synthetic", "--no-progress", "--out", out, "--resume")
+    assert f"--resume: {out}/{expected}" in line and len(line) <= 200, line

@@ -140,7 +140,7 @@ def test_resume_from_a_damaged_checkpoint_is_one_line(tmp_path, damage):
     train(cfg, data_mod.make_synthetic(100, 50, size=(16, 16)), str(out), **QUIET)
     ckpt = out / "checkpoint.pt"
     ckpt.write_bytes(ckpt.read_bytes()[:1000] if damage == "truncated" else b"not a checkpoint" * 50)
-    assert "not a readable torch checkpoint" in usage_error("train", "--data", "synthetic", "--out", out, "--resume",
+    assert "torch checkpoint" in usage_error("train", "--data", "synthetic", "--out", out, "--resume",
                                                             "--no-progress")
 
 

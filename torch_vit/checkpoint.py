@@ -2,6 +2,8 @@
 (``{"model": state_dict, "config": ViT arguments}``, or a bare state dict), written atomically."""
 
 import os
+import re
+import zipfile
 
 import numpy as np
 import torch
@@ -59,18 +61,25 @@ def load_checkpoint(path, head_channels=None):
     records) then defaults to the seed's 8 unless given. Every failure is one ValueError line."""
     if not os.path.isfile(path):
         raise ValueError(f"checkpoint: no such file {path}")
+    if os.path.getsize(path) == 0:
+        raise _unfit(path, "expected a torch checkpoint, got an empty file")
     try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # torch raises many types for a truncated or foreign file
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise ValueError(f"checkpoint {path}: not a readable torch checkpoint ({first})") from None
+        if zipfile.is_zipfile(path) and all(n.endswith(".npy") for n in zipfile.ZipFile(path).namelist()):
+            ckpt = {"model": {k: torch.from_numpy(v) for k, v in numpy_vit.load_npz(path).items()}}  # a plain .npz
+        else:
+            ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # torch raises many types, with paragraphs, for a truncated or foreign file
+        raise _unfit(path, _load_failure(e)) from None
     if not isinstance(ckpt, dict):
-        raise ValueError(f"checkpoint {path}: expected a dict (state dict or {{'model', 'config'}}), "
-                         f"got {type(ckpt).__name__}")
+        raise _unfit(path, f"expected a dict (state dict or {{'model', 'config'}}), got {type(ckpt).__name__}")
     state = ckpt["model"] if "model" in ckpt else ckpt
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
-        raise ValueError(f"checkpoint {path}: expected a state dict of tensors under 'model'")
-    config = dict(numpy_vit.infer_config(state), head_channels=8)
+        raise _unfit(path, "expected a state dict of tensors under 'model'")
+    try:
+        config = dict(numpy_vit.infer_config(state), head_channels=8)
+    except ValueError as e:  # not the seed's architecture
+        raise _unfit(path, "expected a convvit ViT, got another model ("
+                     + str(e).replace("state dict: expected the seed's keys, ", "") + ")") from None
     if "model" in ckpt:
         config.update({k: v for k, v in ckpt.get("config", {}).items() if k in CONFIG_KEYS})
     if head_channels is not None:
@@ -79,8 +88,32 @@ def load_checkpoint(path, head_channels=None):
         config["image_size"] = tuple(config["image_size"])
     bad = [k for k, v in state.items() if v.is_floating_point() and not torch.isfinite(v).all()]
     if bad:
-        raise ValueError(f"checkpoint {path}: expected finite weights, got NaN or inf in {', '.join(bad)}")
-    model = ViT(**{k: config[k] for k in CONFIG_KEYS if k in config})
-    check_state_dict(model, state)
+        raise _unfit(path, f"expected finite weights, got NaN or inf in {', '.join(bad)}")
+    try:
+        model = ViT(**{k: config[k] for k in CONFIG_KEYS if k in config})
+        check_state_dict(model, state)
+    except (ValueError, TypeError) as e:  # a config that does not fit its weights
+        raise _unfit(path, str(e)) from None
     model.load_state_dict(state, strict=True)
     return model, ckpt
+
+
+def _unfit(path, what):
+    """One ValueError line "checkpoint PATH: WHAT" (the convvit command cuts it to 200 characters)."""
+    return ValueError(" ".join(f"checkpoint {path}: {what}".split()))
+
+
+def _load_failure(e):
+    """What torch.load's (long, many-line) failure means, in a few words."""
+    text = str(e)
+    if "central directory" in text or "zip archive" in text or isinstance(e, (EOFError, OSError)):
+        return "expected a complete torch checkpoint (a zip archive), got a truncated or damaged file"
+    found = re.search(r"Unsupported global: GLOBAL (\S+)", text)
+    if found:
+        return f"expected tensors and plain values only (weights_only), got a pickled {found.group(1)}"
+    found = re.search(r"Unsupported operand \S+|invalid load key[^\n.]*", text)
+    if found or "Weights only load failed" in text:
+        return f"expected a torch checkpoint, got a file that is not one ({found.group(0) if found else type(e).__name__})"
+    lines = [line for line in text.splitlines() if line.strip()]
+    return f"expected a torch checkpoint, got an unreadable file ({lines[0][:80] if lines else type(e).__name__})"
+

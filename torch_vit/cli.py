@@ -492,7 +492,10 @@ def main(argv=None):
         if args.command == "attention":
             return attention_command(args)
     except UsageError as e:
-        print(f"convvit: error: {e}", file=sys.stderr)
+        line = f"convvit: error: {e}"
+        if str(e).startswith("checkpoint ") and len(line) > 200:  # a bad checkpoint's list of names can run long
+            line = line[:196] + " ..."
+        print(line, file=sys.stderr)
         return 2
     return 0
 

@@ -431,6 +431,7 @@ class NonFiniteLoss(RuntimeError):
     """A training step gave a NaN or infinite loss or gradient norm: the run stopped (exit status 1 in the CLI)."""
 
 
+CONFIG_VERSION = 1  # of config.json's layout; --resume refuses a larger one
 STOPPED = "stopped.json"  # in the run folder: why the run stopped (a non-finite step), for --resume to say
 REMEDIES = ("lr", "muon_lr", "clip")  # settings a stopped run may be resumed with changed
 
@@ -483,6 +484,7 @@ def train(cfg, data, out, resume=False, device=None, progress=True, log=print, s
     ckpt_path = os.path.join(out, "checkpoint.pt")
     history, start, fresh = [], 0, True
     if resume and os.path.exists(ckpt_path):
+        _check_config_version(os.path.join(out, "config.json"))
         _, ckpt = load_checkpoint(ckpt_path)
         saved = ckpt.get("train_config", {})
         mismatched = [k for k, v in dataclasses.asdict(cfg).items() if _plain(saved.get(k, _DEFAULTS[k])) != _plain(v)]
@@ -503,7 +505,7 @@ def train(cfg, data, out, resume=False, device=None, progress=True, log=print, s
             log(f"warning: this run stopped at epoch {stopped['epoch']}, step {stopped['step']} (loss "
                 f"{stopped['loss']}, gradient norm {stopped['grad_norm']}) at --lr {cfg.lr:g}; with the same settings "
                 f"it will stop there again: give a lower --lr (or --clip)")
-    config_text = json.dumps(dict(dataclasses.asdict(cfg), data_source=data.source, classes=data.classes,
+    config_text = json.dumps(dict(dataclasses.asdict(cfg), version=CONFIG_VERSION, data_source=data.source, classes=data.classes,
                                   device=str(device), torch=torch.__version__, threads=torch.get_num_threads()),
                              indent=1, default=list) + "\n"
     if not fresh:
@@ -608,6 +610,20 @@ def _read_stopped(out):
     except (OSError, ValueError, KeyError, TypeError) as e:
         raise ValueError(f"--resume: {path}: expected the record of a stopped run, got an unreadable file "
                          f"({type(e).__name__})") from None
+
+
+def _check_config_version(path):
+    """--resume: a one-line ValueError for a config.json that is unreadable or from a newer convvit."""
+    if not os.path.exists(path):
+        return
+    try:
+        with open(path) as f:
+            version = json.load(f).get("version", 0)
+    except (OSError, ValueError, AttributeError) as e:
+        raise ValueError(f"--resume: {path}: expected a JSON object, got an unreadable file ({type(e).__name__})") from None
+    if not isinstance(version, int) or version > CONFIG_VERSION:
+        raise ValueError(f"--resume: {path}: expected version <= {CONFIG_VERSION} (this convvit), got {version!r} "
+                         "(a newer convvit's run)")
 
 
 def _plain(v):
