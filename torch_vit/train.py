@@ -353,7 +353,6 @@ class NumpyBackend:
         return adamw, muon
 
     def step(self, xb, yb, lr, muon_lr=None):
-        cfg = self.cfg
         x, y = xb.numpy().astype(self.np_dtype), yb.numpy()
         with np.errstate(over="ignore", invalid="ignore"):  # diverging weights: the loop's check says so in one line
             return self._step(x, y, lr, muon_lr)
