@@ -2,7 +2,7 @@
 # Every benchmark behind the README's figures, one after another, each writing its JSON into
 # benchmarks/results/. Run it alone on the machine (timings), from the project's root:
 #   benchmarks/run_all.sh [CHECKPOINT ...]
-# The checkpoints (default: runs/default, runs/seed and runs/synthetic-numpy, where they exist) feed
+# The checkpoints (default: runs/muon-s4 and runs/synthetic-numpy, where they exist) feed
 # float32_error.py and flip_tta.py (which evaluates each on its own --data); `convvit train` makes them (README, "Training").
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -14,7 +14,7 @@ python benchmarks/parity_errors.py --draws 200 --out $out/parity_errors.json
 python benchmarks/trajectory_drift.py --out $out/trajectory_drift.json
 checkpoints=("$@")
 if [ ${#checkpoints[@]} -eq 0 ]; then
-  for run in runs/default runs/seed runs/synthetic-numpy; do
+  for run in runs/muon-s4 runs/synthetic-numpy; do
     if [ -f "$run/checkpoint.pt" ]; then checkpoints+=("$run/checkpoint.pt"); fi
   done
 fi
@@ -22,5 +22,5 @@ if [ ${#checkpoints[@]} -gt 0 ]; then
   python benchmarks/float32_error.py "${checkpoints[@]}" --out $out/float32_error.json
   python benchmarks/flip_tta.py "${checkpoints[@]}" --out $out/flip_tta.json
 else
-  echo "no checkpoints: skipping float32_error.py and flip_tta.py (train runs/default, runs/seed first)" >&2
+  echo "no checkpoints: skipping float32_error.py and flip_tta.py (train runs/muon-s4 and runs/synthetic-numpy first: docs/experiments.md, docs/parity.md)" >&2
 fi

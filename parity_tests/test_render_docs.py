@@ -37,11 +37,11 @@ def test_every_renderer_has_its_block_and_every_block_a_renderer():
     ("runs/muon-s2/run.json", ["test_acc"], 73.62, "README.md: table 'summary'"),
     ("runs/pad2/run.json", ["train_acc"], 72.13, "docs/experiments.md: table 'experiments'"),
     ("parity_errors.json", ["stats", "float64 attention unit", "worst_rel"], 3.5e-14, "docs/parity.md: table 'parity-errors'"),
-    ("float32_error.json", ["runs/seed/checkpoint.pt", "torch32_vs_float64", 0], 5.1e-3, "docs/parity.md: table 'float32-error'"),
+    ("float32_error.json", ["runs/synthetic-numpy/checkpoint.pt", "torch32_vs_float64", 0], 2.4e-4, "docs/parity.md: table 'float32-error'"),
     ("numpy_vs_torch.json", ["parts", 0, "ratio_fwd"], 1.3, "docs/benchmarks.md: table 'numpy-vs-torch-fwd'"),
     ("train_throughput_default.json", ["pipeline_img_s"], 69000.0, "docs/benchmarks.md: table 'train-throughput'"),
     ("trajectory_drift.json", ["results", 2, "worst_after_step", "50"], 1.3e-9, "docs/numpy-training.md: table 'trajectory-drift'"),
-    ("flip_tta.json", ["runs/seed/checkpoint.pt", "mirror"], 0.621, "docs/experiments.md: table 'flip-tta'"),
+    ("flip_tta.json", ["runs/muon-s4/checkpoint.pt", "mirror"], 0.7328, "docs/experiments.md: table 'flip-tta'"),
     ("suite_time.json", ["runs", 0, "wall_s"], 999.0, "README.md: table 'summary'"),
 ])
 def test_a_changed_figure_fails_the_check_and_names_its_table(tmp_path, capsys, file, path, value, where):
@@ -67,7 +67,7 @@ def test_rendering_writes_the_figure_and_check_then_passes(tmp_path, capsys):
     assert render_docs.main(["--check", "--root", str(root)]) == 1
     assert render_docs.main(["--root", str(root)]) == 0
     text = (root / "README.md").read_text()
-    assert "| `runs/default/checkpoint.pt` | 73.42% | 73.28% | 73.52% | 73.55% | 10,000 |" in text
+    assert "| `runs/muon-s4/checkpoint.pt` | 72.83% | 73.18% | 73.00% | 72.98% | 10,000 |" in text
     assert "stale" not in text
     assert render_docs.main(["--check", "--root", str(root)]) == 0
 
