@@ -29,13 +29,16 @@ def pretrained_info():
     return json.loads(INFO.read_text())
 
 
+def pretrained_config():
+    """The ViT arguments of the bundled weights (the same for numpy_vit.ViT and torch_vit.ViT)."""
+    config = dict(pretrained_info()["model"])
+    config["image_size"] = tuple(config["image_size"])
+    return config
+
+
 def pretrained(dtype=np.float32):
     """A numpy_vit.ViT holding the bundled default-recipe weights, in ``dtype`` (float32 or float64)."""
-    info = pretrained_info()
-    config = dict(info["model"])
-    config["image_size"] = tuple(config["image_size"])
-    model = ViT(**config, dtype=dtype)
-    return model.load_state_dict(load_npz(WEIGHTS))
+    return ViT(**pretrained_config(), dtype=dtype).load_state_dict(load_npz(WEIGHTS))
 
 
 def sample_images():

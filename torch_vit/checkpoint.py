@@ -33,11 +33,9 @@ def import_npz(model, path):
 def pretrained():
     """The torch ViT holding the default recipe's trained weights that ship with numpy_vit
     (``numpy_vit.pretrained_info()`` says how they were made)."""
-    from numpy_vit.pretrained import WEIGHTS, pretrained_info
+    from numpy_vit.pretrained import WEIGHTS, pretrained_config
 
-    config = dict(pretrained_info()["model"])
-    config["image_size"] = tuple(config["image_size"])
-    return import_npz(ViT(**config), WEIGHTS).eval()
+    return import_npz(ViT(**pretrained_config()), WEIGHTS).eval()
 
 
 def numpy_twin(model, dtype=np.float32):
@@ -64,7 +62,7 @@ def load_checkpoint(path, head_channels=None):
     if os.path.getsize(path) == 0:
         raise _unfit(path, "expected a torch checkpoint, got an empty file")
     try:
-        if zipfile.is_zipfile(path) and all(n.endswith(".npy") for n in zipfile.ZipFile(path).namelist()):
+        if zipfile.is_zipfile(path) and _holds_only_npy(path):
             ckpt = {"model": {k: torch.from_numpy(v) for k, v in numpy_vit.load_npz(path).items()}}  # a plain .npz
         else:
             ckpt = torch.load(path, map_location="cpu", weights_only=True)
@@ -96,6 +94,12 @@ def load_checkpoint(path, head_channels=None):
         raise _unfit(path, str(e)) from None
     model.load_state_dict(state, strict=True)
     return model, ckpt
+
+
+def _holds_only_npy(path):
+    """Whether the zip archive at ``path`` is a plain .npz (only .npy members), not a torch checkpoint."""
+    with zipfile.ZipFile(path) as z:
+        return all(n.endswith(".npy") for n in z.namelist())
 
 
 def _unfit(path, what):

@@ -316,9 +316,10 @@ def load_for_inspection(checkpoint=None, data_spec=None, data_dir="data", cache_
     from .train import TrainConfig
 
     if checkpoint is None:
-        model, train_config = pretrained(), pretrained_info()["train_config"]
+        info = pretrained_info()
+        model, train_config = pretrained(), info["train_config"]
         log(f"no --checkpoint: the default recipe's weights that ship with numpy_vit "
-            f"({pretrained_info()['test_acc']:.2f}% on CIFAR-10, JPEG q75 copy)")
+            f"({info['test_acc']:.2f}% on CIFAR-10, JPEG q75 copy)")
     else:
         model, ckpt = load_checkpoint(checkpoint)
         train_config = ckpt.get("train_config", {})
