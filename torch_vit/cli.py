@@ -5,6 +5,7 @@ status 0 only if every check passes, 1 if one fails, 2 for bad input."""
 import argparse
 import math
 import os
+import shlex
 import sys
 import time
 
@@ -241,7 +242,7 @@ def _data_args(p, default="synthetic", default_text=None):
 def train_command(args):
     from . import data as data_mod
     from .report import plot_curves, write_report
-    from .train import NonFiniteLoss, check_out, make_config, train
+    from .train import Interrupted, NonFiniteLoss, check_out, make_config, train
 
     try:
         check_out(args.out, args.resume, args.overwrite)  # before the data: a refusal costs nothing
@@ -260,7 +261,10 @@ def train_command(args):
     except ValueError as e:
         raise UsageError(str(e)) from None
     if args.resume and not os.path.exists(os.path.join(args.out, "checkpoint.pt")):
-        raise UsageError(f"--resume: expected {os.path.join(args.out, 'checkpoint.pt')}, found none")
+        stopped = os.path.join(args.out, "stopped.json")
+        why = (f" (the run stopped before its first checkpoint, {stopped} says why: start it again without --resume)"
+               if os.path.exists(stopped) else "")
+        raise UsageError(f"--resume: expected {os.path.join(args.out, 'checkpoint.pt')}, found none{why}")
     try:
         model, history = train(cfg, data, args.out, resume=args.resume, device=args.device,
                                progress=not args.no_progress, overwrite=args.overwrite)
@@ -269,10 +273,27 @@ def train_command(args):
     except NonFiniteLoss as e:
         print(f"convvit: error: {e}", file=sys.stderr)
         return 1
+    except Interrupted as e:  # SIGINT or SIGTERM: one line saying how to go on, exit 130 or 143
+        print(f"convvit: {e}; resume with: {resume_command(getattr(args, 'argv', None), args.out)}", file=sys.stderr)
+        return e.status
     plot_curves(history, os.path.join(args.out, "curves.png"))
     write_report(model, data, cfg, args.out)
     print(f"wrote {args.out}: config.json, metrics.jsonl, checkpoint.pt, curves.png, confusion.png, report.json")
     return 0
+
+
+def resume_command(argv, out):
+    """The command that continues an interrupted ``convvit train ARGV``: the same words less --out, --resume and
+    --overwrite, then ``--resume --out OUT``."""
+    words, argv, skip = [], list(argv if argv is not None else ["train"]), False
+    for w in argv:
+        if skip:
+            skip = False
+        elif w == "--out":
+            skip = True
+        elif w not in ("--resume", "--overwrite") and not w.startswith("--out="):
+            words.append(w)
+    return "convvit " + shlex.join(words + ["--resume", "--out", str(out)])
 
 
 def evaluate_command(args):
@@ -482,6 +503,7 @@ def build_parser():
 def main(argv=None):
     try:
         args = build_parser().parse_args(argv)
+        args.argv = list(map(str, argv)) if argv is not None else sys.argv[1:]  # for train's resume hint
         if args.command == "check":
             return check(args)
         if args.command == "train":

@@ -5,17 +5,22 @@ checkpoint.pt (model, optimizer and history after the last finished epoch, writt
 at the end curves.png, confusion.png and report.json (test accuracy per class, confusion matrix, and
 how many test images the NumPy model classifies as torch does). --resume continues from
 checkpoint.pt: every epoch draws its batches and augmentations from a generator seeded by
-(seed, epoch), so a resumed run ends with the same weights as an uninterrupted one. With --ema, a
+(seed, epoch), so a resumed run ends with the same weights as an uninterrupted one. SIGINT (Ctrl-C) or
+SIGTERM during training ends the run after the current step with a checkpoint of where it is (mid-epoch:
+the step and the epoch generator's state too), from which --resume continues to the same weights. With --ema, a
 moving average of the weights is updated after every step and evaluated beside them every epoch; it
 is the run's result (checkpoint.pt's model, the report), the trained weights kept for --resume.
 """
 
+import contextlib
 import copy
 import dataclasses
 import json
 import math
 import os
 import shutil
+import signal
+import threading
 import time
 from dataclasses import dataclass
 
@@ -464,6 +469,37 @@ def _move_aside(out):
     return aside
 
 
+class Interrupted(Exception):
+    """SIGINT or SIGTERM during ``train``: the run wrote a checkpoint of where it was (``where``) and stopped. The
+    CLI exits with ``status``, 128 + the signal's number (130 for SIGINT, 143 for SIGTERM)."""
+
+    def __init__(self, signum, checkpoint, where):
+        self.signum, self.checkpoint, self.where = signum, checkpoint, where
+        self.status = 128 + signum
+        super().__init__(f"interrupted by {signal.Signals(signum).name}; {checkpoint} holds the run {where}")
+
+
+# A hidden hook for the tests (parity_tests/test_signals.py): CONVVIT_TEST_WAIT_AT="EPOCH,STEP" makes the loop, after
+# that step, print "waiting at epoch EPOCH, step STEP" and wait (up to 60 s) for a signal, so that a test can
+# interrupt a real process after a step of its choosing. Unset, it costs one dict lookup per run.
+WAIT_AT = "CONVVIT_TEST_WAIT_AT"
+
+
+@contextlib.contextmanager
+def _signals_caught(caught):
+    """While the block runs, SIGINT and SIGTERM only append their number to ``caught`` (the training loop looks at
+    it before every step); the old handlers come back at its end. Outside the main thread nothing changes."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    old = {s: signal.signal(s, lambda signum, frame: caught.append(signum)) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for s, handler in old.items():
+            signal.signal(s, handler if handler is not None else signal.SIG_DFL)
+
+
 def train(cfg, data, out, resume=False, device=None, progress=True, log=print, stop_after=None, overwrite=False):
     """Train, writing everything into ``out``; returns (torch model, history). ``stop_after``: end
     after that many epochs of this call (a test's stand-in for a kill).
@@ -471,17 +507,29 @@ def train(cfg, data, out, resume=False, device=None, progress=True, log=print, s
     A folder holding a run needs ``resume`` or ``overwrite`` (``check_out``). A new run leaves whatever
     is in ``out`` as it was until its first checkpoint: only then are the old run's files moved into
     out/.old-<time>-<pid>/, the new config.json, checkpoint.pt and metrics.jsonl written, and that folder
-    removed; a run that dies before its first checkpoint leaves the old one intact."""
+    removed; a run that dies before its first checkpoint leaves the old one intact.
+
+    SIGINT or SIGTERM (handled only while this runs): the current step finishes, checkpoint.pt gets the run as it
+    is (weights, optimiser and moving-average state, the epoch, the step, the epoch generator's state and the
+    epoch's running sums), and ``Interrupted`` is raised; --resume continues from that step to the weights an
+    uninterrupted run ends with, bit for bit. metrics.jsonl lists finished epochs only."""
+    check_out(out, resume, overwrite)
+    caught = []
+    with _signals_caught(caught):
+        return _train(cfg, data, out, resume, device, progress, log, stop_after, caught)
+
+
+def _train(cfg, data, out, resume, device, progress, log, stop_after, caught):
     from tqdm import tqdm
 
-    check_out(out, resume, overwrite)
     device = torch.device(device or ("cuda" if torch.cuda.is_available() and cfg.backend == "torch" else "cpu"))
     if cfg.amp and cfg.dtype != "float32":
         raise ValueError(f"--amp: bfloat16 autocast needs --dtype float32, got {cfg.dtype}")
     run = (NumpyBackend if cfg.backend == "numpy" else TorchBackend)(cfg, device)
     os.makedirs(out, exist_ok=True)
     ckpt_path = os.path.join(out, "checkpoint.pt")
-    history, start, fresh = [], 0, True
+    history, start, fresh, remedied, mid = [], 0, True, [], None
+    kept = None  # what checkpoint.pt holds of this run, for the line of a stop
     if resume and os.path.exists(ckpt_path):
         _check_config_version(os.path.join(out, "config.json"))
         _, ckpt = load_checkpoint(ckpt_path)
@@ -493,8 +541,16 @@ def train(cfg, data, out, resume=False, device=None, progress=True, log=print, s
         if mismatched:
             raise ValueError(f"--resume: {ckpt_path} was written with other settings: {', '.join(mismatched)}")
         run.load(ckpt)
-        history, start, fresh = list(ckpt["history"]), ckpt["epoch"] + 1, False
-        log(f"resuming {out} after epoch {ckpt['epoch']}")
+        history, fresh, mid = list(ckpt["history"]), False, ckpt.get("mid_epoch")
+        if mid is None:  # written at the end of an epoch (every checkpoint before the mid-epoch ones)
+            start, kept = ckpt["epoch"] + 1, f"checkpoint.pt keeps epoch {ckpt['epoch']}"
+            log(f"resuming {out} after epoch {ckpt['epoch']}")
+        else:  # written on an interrupt: continue at its step
+            if mid["images"] != len(data.train_x):
+                raise ValueError(f"--resume: {ckpt_path} stopped in an epoch of {mid['images']} training images, "
+                                 f"got data of {len(data.train_x)}")
+            start, kept = mid["epoch"], f"checkpoint.pt keeps epoch {mid['epoch']} after {mid['step']} steps"
+            log(f"resuming {out} in epoch {mid['epoch']}, after {mid['step']} of {mid['steps']} steps")
         if stopped and remedied:
             log(f"this run stopped at epoch {stopped['epoch']}, step {stopped['step']} (loss {stopped['loss']}, "
                 f"gradient norm {stopped['grad_norm']}); resuming with changed "
@@ -510,11 +566,37 @@ def train(cfg, data, out, resume=False, device=None, progress=True, log=print, s
     if not fresh:
         _write_atomic(os.path.join(out, "config.json"), config_text)
 
+    def save(epoch, mid_epoch=None):
+        """checkpoint.pt after ``epoch`` (the last finished one), or in the middle of the next (``mid_epoch``), then
+        metrics.jsonl (finished epochs only). The checkpoint first: metrics.jsonl never lists an epoch that --resume
+        cannot find. Its model is the run's result, the moving average with --ema (the trained weights then go
+        under train_model). A new run's first checkpoint (at an epoch's end or on an interrupt) is where the old
+        run in ``out`` (if any) makes way."""
+        nonlocal fresh
+        extra = dict(train_model=run.torch_model().state_dict()) if cfg.ema else {}
+        if mid_epoch is not None:
+            extra["mid_epoch"] = mid_epoch
+        aside = None
+        if fresh:
+            aside = _move_aside(out)
+            _write_atomic(os.path.join(out, "config.json"), config_text)
+            fresh = False
+        save_checkpoint(run.torch_model(ema=bool(cfg.ema)), ckpt_path, optimizer=run.optimizer_state(), epoch=epoch,
+                        history=history, train_config=dataclasses.asdict(cfg), classes=data.classes,
+                        norm=(cfg.mean, cfg.std), **extra)
+        _write_atomic(os.path.join(out, "metrics.jsonl"), "".join(json.dumps(r) + "\n" for r in history))
+        if aside:
+            shutil.rmtree(aside)
+        # a stopped run resumed past its stop, or with settings changed (the stop's warning no longer holds)
+        if (mid_epoch is None or remedied) and os.path.exists(os.path.join(out, STOPPED)):
+            os.unlink(os.path.join(out, STOPPED))
+
     augment = augmenter(cfg)
     train_x, train_y = data.train_x.to(device), data.train_y.to(device)
     n = len(train_x)
     steps = math.ceil(n / cfg.batch_size)
     done = 0
+    wait_at = os.environ.get(WAIT_AT)
     # the first non-finite step of an epoch, tracked on the device and looked at every step on the CPU, every
     # 50 steps on CUDA (no synchronisation per step); nothing of such a step reaches checkpoint.pt or metrics.jsonl
     check_every = 1 if device.type == "cpu" else 50
@@ -524,12 +606,34 @@ def train(cfg, data, out, resume=False, device=None, progress=True, log=print, s
         bad_values = torch.zeros(2, device=device, dtype=torch.float64)
         g = _epoch_generator(cfg.seed, epoch)
         perm = torch.randperm(n, generator=g).to(device)
-        seen = 0
+        seen, first_step = 0, 0
         loss_sum = torch.zeros((), device=device, dtype=torch.float64)
         correct_t = torch.zeros((), device=device, dtype=torch.int64)
-        bar = tqdm(total=n, desc=f"epoch {epoch} ({cfg.backend})", unit="img", unit_scale=True, leave=False,
-                   disable=not progress, mininterval=1)
-        for step in range(steps):
+        if mid is not None:  # resumed in the middle of this epoch: the generator and the sums as they were
+            g.set_state(mid["generator"])
+            first_step, seen, started = mid["step"], mid["seen"], started - mid["train_time"]
+            loss_sum.fill_(mid["loss_sum"])
+            correct_t.fill_(mid["correct"])
+            first_bad.fill_(mid["first_bad"])
+            bad_values.copy_(torch.tensor(mid["bad_values"], dtype=torch.float64))
+            mid = None
+        bar = tqdm(total=n, initial=seen, desc=f"epoch {epoch} ({cfg.backend})", unit="img", unit_scale=True,
+                   leave=False, disable=not progress, mininterval=1)
+
+        def stop_if_bad():
+            if first_bad.item() >= 0:
+                bar.close()
+                _stop(cfg, out, epoch, int(first_bad), steps, bad_values.tolist(), kept, record=not fresh)
+
+        for step in range(first_step, steps):
+            if caught:  # SIGINT or SIGTERM during the last step (or before the first): the run as it is, then out
+                bar.close()
+                stop_if_bad()  # a non-finite step not looked at yet (CUDA) stops the run instead
+                save(epoch - 1, dict(epoch=epoch, step=step, steps=steps, images=n, generator=g.get_state(),
+                                     loss_sum=loss_sum.item(), correct=int(correct_t), seen=seen,
+                                     train_time=time.perf_counter() - started, first_bad=int(first_bad),
+                                     bad_values=bad_values.tolist()))
+                raise Interrupted(caught[0], ckpt_path, f"after {step} of {steps} steps of epoch {epoch}")
             idx = perm[step * cfg.batch_size:(step + 1) * cfg.batch_size]
             xb = augment(train_x[idx], g)  # the same batches on both backends for the same seed
             yb = train_y[idx]
@@ -540,15 +644,16 @@ def train(cfg, data, out, resume=False, device=None, progress=True, log=print, s
             new_bad = (first_bad < 0) & ~torch.isfinite(values).all()
             first_bad = torch.where(new_bad, step, first_bad)
             bad_values = torch.where(new_bad, values, bad_values)
-            if (step % check_every == check_every - 1 or step == steps - 1) and first_bad.item() >= 0:
-                bar.close()
-                _stop(cfg, out, epoch, int(first_bad), steps, bad_values.tolist(), history, recorded=not fresh)
+            if step % check_every == check_every - 1 or step == steps - 1:
+                stop_if_bad()
             if cfg.ema:
                 run.update_ema(ema_decay(cfg.ema, epoch * steps + step))
             loss_sum += loss_b.to(device)
             correct_t += correct_b.to(device)
             seen += len(idx)
             bar.update(len(idx))
+            if wait_at == f"{epoch},{step}":
+                _wait_for_a_signal(caught, epoch, step)
         bar.close()
         train_time = time.perf_counter() - started
         test = evaluate_logits(run.test_logits(data), data.test_y)
@@ -558,42 +663,41 @@ def train(cfg, data, out, resume=False, device=None, progress=True, log=print, s
         row = dict(epoch=epoch, train_loss=loss_sum.item() / seen, train_acc=int(correct_t) / seen, **test,
                    lr=lr, time=time.perf_counter() - started, train_img_s=seen / train_time)
         history.append(row)
-        # the checkpoint first: metrics.jsonl never lists an epoch that --resume cannot find. Its model is
-        # the run's result, the moving average with --ema (the trained weights then go under train_model)
-        extra = dict(train_model=run.torch_model().state_dict()) if cfg.ema else {}
-        aside = None
-        if fresh:  # the new run's first checkpoint: only now does the old run (if any) make way
-            aside = _move_aside(out)
-            _write_atomic(os.path.join(out, "config.json"), config_text)
-            fresh = False
-        save_checkpoint(run.torch_model(ema=bool(cfg.ema)), ckpt_path, optimizer=run.optimizer_state(), epoch=epoch,
-                        history=history, train_config=dataclasses.asdict(cfg), classes=data.classes,
-                        norm=(cfg.mean, cfg.std), **extra)
-        _write_atomic(os.path.join(out, "metrics.jsonl"), "".join(json.dumps(r) + "\n" for r in history))
-        if aside:
-            shutil.rmtree(aside)
-        if os.path.exists(os.path.join(out, STOPPED)):  # a stopped run resumed past its stop
-            os.unlink(os.path.join(out, STOPPED))
+        save(epoch)
+        kept = f"checkpoint.pt keeps epoch {epoch}"
         ema_acc = f"EMA Test Acc: {row['ema_test_acc']:.4f}, " if cfg.ema else ""
         log(f"ViT: Epoch: {epoch} | Train Acc: {row['train_acc']:.4f}, Test Acc: {row['test_acc']:.4f}, {ema_acc}"
             f"Time: {row['time']:.1f}, lr: {lr:.6f}")
+        if caught:  # during the epoch's last step or its evaluation: its checkpoint is the place to resume
+            raise Interrupted(caught[0], ckpt_path, f"after epoch {epoch}")
         done += 1
         if stop_after is not None and done >= stop_after and epoch + 1 < cfg.epochs:
             break
     return run.torch_model(ema=bool(cfg.ema)), history
 
 
-def _stop(cfg, out, epoch, step, steps, values, history, recorded):
-    """Raise NonFiniteLoss for the first non-finite step (epoch, step), naming the likely cause; when
-    checkpoint.pt is this run's (``recorded``), record the stop in out/stopped.json for --resume to say."""
+def _wait_for_a_signal(caught, epoch, step):
+    """The WAIT_AT test hook: say where the loop is, then wait (up to 60 s) until a signal has been caught."""
+    print(f"waiting at epoch {epoch}, step {step}", flush=True)
+    deadline = time.monotonic() + 60
+    while not caught and time.monotonic() < deadline:
+        time.sleep(0.005)
+
+
+def _stop(cfg, out, epoch, step, steps, values, kept, record):
+    """Raise NonFiniteLoss for the first non-finite step (epoch, step), naming the likely cause and what
+    checkpoint.pt keeps of this run (``kept``; None: nothing). The stop is recorded in out/stopped.json, for
+    --resume to say, when ``record`` (checkpoint.pt is this run's) or when ``out`` holds no other run's files: a
+    new run that stops before its first checkpoint leaves an old run in ``out`` as it was, and writes no record
+    that --resume of that old run would take for its own."""
     loss, norm = (str(v) for v in values)
-    kept = (f"checkpoint.pt keeps epoch {history[-1]['epoch']}" if recorded and history
-            else "no checkpoint of this run was written")
     reason = (f"stopped at epoch {epoch}, step {step} of {steps}: loss {loss}, gradient norm {norm}, not finite; "
-              f"likely cause: the learning rate (--lr {cfg.lr:g}), lower it; {kept}")
-    if recorded:
+              f"likely cause: the learning rate (--lr {cfg.lr:g}), lower it; "
+              f"{kept or 'no checkpoint of this run was written'}")
+    if record or not any(os.path.exists(os.path.join(out, f)) for f in RUN_FILES if f != STOPPED):
         write_json(os.path.join(out, STOPPED), dict(epoch=epoch, step=step, loss=loss, grad_norm=norm, lr=cfg.lr,
-                                                    muon_lr=cfg.muon_lr, clip=cfg.clip, reason=reason))
+                                                    muon_lr=cfg.muon_lr, clip=cfg.clip, reason=reason,
+                                                    checkpoint=kept is not None))
     raise NonFiniteLoss(reason)
 
 
