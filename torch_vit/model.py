@@ -73,7 +73,16 @@ class FeedForward(nn.Module):
         )
 
     def forward(self, x):
-        return self.net(x)
+        x = self.net[0](x)  # (B, 4*out, H, W)
+        x = channels_elementwise(self.net[1], x)  # GELU
+        return self.net[2](x)  # (B, out, H, W)
+
+
+def channels_elementwise(fn, x):
+    """An elementwise ``fn`` (GELU) of (B, C, H, W), applied to its (B, H, W, C) view: the same map, but for a
+    channels-last x that view is contiguous, and torch's GELU runs much faster on it (forward and
+    backward, measured in benchmarks/train_throughput.py) than on the channels-last strides themselves."""
+    return fn(x.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
 
 
 def channels_layer_norm(norm, x):
