@@ -12,7 +12,7 @@ import argparse
 
 import torch
 
-from numpy_vit.io import write_json
+from numpy_vit.io import check_new_file, write_json
 from torch_vit.cli import load_for_inspection
 from torch_vit.train import predict
 
@@ -36,7 +36,12 @@ def main(argv=None):
     ap.add_argument("--data", default=None, help="a --data spec (default: each checkpoint's own)")
     ap.add_argument("--cache-dir", default=None)
     ap.add_argument("--out", default=None)
+    ap.add_argument("--overwrite", action="store_true", help="replace an existing --out file")
     args = ap.parse_args(argv)
+    try:
+        check_new_file(args.out, args.overwrite)  # before anything is measured
+    except ValueError as e:
+        ap.exit(2, f"{ap.prog}: error: {e}\n")
     results = {}
     for path in args.checkpoints:
         results[path] = r = flip_accuracies(path, args.data, args.cache_dir)

@@ -15,7 +15,7 @@ import numpy as np
 import torch
 
 import numpy_vit as nv
-from numpy_vit.io import write_json
+from numpy_vit.io import check_new_file, write_json
 from torch_vit.checkpoint import load_checkpoint, numpy_twin
 
 
@@ -60,7 +60,12 @@ def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("checkpoints", nargs="+")
     ap.add_argument("--out", default=None)
+    ap.add_argument("--overwrite", action="store_true", help="replace an existing --out file")
     args = ap.parse_args(argv)
+    try:
+        check_new_file(args.out, args.overwrite)  # before anything is measured
+    except ValueError as e:
+        ap.exit(2, f"{ap.prog}: error: {e}\n")
     results = {}
     for path in args.checkpoints:
         results[path] = worst_errors(path)

@@ -40,6 +40,7 @@ def _args(argv):
     ap.add_argument("--min-repeats", type=int, default=5)
     ap.add_argument("--memory-batch", type=int, default=128)
     ap.add_argument("--out", default=None, help="JSON file to write (atomically)")
+    ap.add_argument("--overwrite", action="store_true", help="replace an existing --out file")
     ap.add_argument("--memory-child", choices=["numpy", "torch"], help=argparse.SUPPRESS)
     return ap.parse_args(argv)
 
@@ -51,7 +52,7 @@ for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
 import numpy as np  # noqa: E402  (after the thread settings)
 
 import numpy_vit as nv  # noqa: E402
-from numpy_vit.io import write_json  # noqa: E402
+from numpy_vit.io import check_new_file, write_json  # noqa: E402
 from record_run import cpu_name  # noqa: E402
 from render_docs import ratio_table as table  # noqa: E402  (the docs' tables and this script's print the same)
 
@@ -258,6 +259,11 @@ def main():
     if ARGS.memory_child:
         memory_child(ARGS.memory_child)
         return
+    try:
+        check_new_file(ARGS.out, ARGS.overwrite)  # before anything is measured
+    except ValueError as e:
+        print(f"numpy_vs_torch.py: error: {e}", file=sys.stderr)
+        sys.exit(2)
     from tqdm import tqdm
     total = len(ARGS.dtypes) * len(ARGS.parts) * len(ARGS.batches)
     bar = tqdm(total=total, desc="parts", unit="case", file=sys.stderr)

@@ -18,7 +18,7 @@ import torch
 
 import numpy_vit as nv
 import torch_vit.model as tv
-from numpy_vit.io import write_json
+from numpy_vit.io import check_new_file, write_json
 from torch_vit.parity import BOUNDS, FLOORS, model_rows, part_rows, to_torch
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "parity_tests"))
@@ -39,7 +39,12 @@ def main(argv=None):
     ap.add_argument("--draws", type=int, default=200)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", default=None)
+    ap.add_argument("--overwrite", action="store_true", help="replace an existing --out file")
     args = ap.parse_args(argv)
+    try:
+        check_new_file(args.out, args.overwrite)  # before anything is measured
+    except ValueError as e:
+        ap.exit(2, f"{ap.prog}: error: {e}\n")
     rng = np.random.default_rng(args.seed)
     stats = {}
     for i in range(args.draws):

@@ -14,7 +14,7 @@ import subprocess
 import sys
 import time
 
-from numpy_vit.io import write_json
+from numpy_vit.io import check_new_file, write_json
 from record_run import cpu_name
 
 ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..")
@@ -24,7 +24,12 @@ COMMANDS = ("python -m pytest -m parity", "python -m pytest")
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", default=None, help="JSON file to write (atomically)")
+    ap.add_argument("--overwrite", action="store_true", help="replace an existing --out file")
     args = ap.parse_args(argv)
+    try:
+        check_new_file(args.out, args.overwrite)  # before anything is measured
+    except ValueError as e:
+        ap.exit(2, f"{ap.prog}: error: {e}\n")
     import numpy
     import torch
 

@@ -17,7 +17,7 @@ import time
 import torch
 import torch.nn.functional as F
 
-from numpy_vit.io import write_json
+from numpy_vit.io import check_new_file, write_json
 from torch_vit.data import make_synthetic
 from torch_vit.model import ViT
 from torch_vit.train import NumpyBackend, TorchBackend, augmenter, make_config, predict
@@ -41,7 +41,12 @@ def main(argv=None):
     ap.add_argument("--repeats", type=int, default=30)
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--out", default=None)
+    ap.add_argument("--overwrite", action="store_true", help="replace an existing --out file")
     args = ap.parse_args(argv)
+    try:
+        check_new_file(args.out, args.overwrite)  # before anything is measured
+    except ValueError as e:
+        ap.exit(2, f"{ap.prog}: error: {e}\n")
     device = torch.device(args.device)
     cfg = make_config(args.recipe)
     data = make_synthetic(4096, 1024, size=cfg.image_size)  # pixels do not change the speed

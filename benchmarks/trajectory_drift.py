@@ -19,7 +19,7 @@ import time
 import numpy as np
 import torch
 
-from numpy_vit.io import write_json
+from numpy_vit.io import check_new_file, write_json
 from torch_vit.trajectory import TRAJECTORY_BOUNDS, run_trajectory
 
 SEED = dict(image_size=32, patch_size=2, in_channels=3, embedding_dim=32, depth=4, head_channels=8, num_classes=10)
@@ -32,7 +32,12 @@ def main(argv=None):
     ap.add_argument("--steps", type=int, default=100)
     ap.add_argument("--batch", type=int, default=8)
     ap.add_argument("--out", default=None)
+    ap.add_argument("--overwrite", action="store_true", help="replace an existing --out file")
     args = ap.parse_args(argv)
+    try:
+        check_new_file(args.out, args.overwrite)  # before anything is measured
+    except ValueError as e:
+        ap.exit(2, f"{ap.prog}: error: {e}\n")
     results = []
     for name, schedule in SCHEDULES.items():
         for dtype in (np.float64, np.float32):

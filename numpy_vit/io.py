@@ -73,6 +73,13 @@ def write_json(path, obj):
     atomic_write(path, lambda f: f.write(json.dumps(obj, indent=1) + "\n"), binary=False)
 
 
+def check_new_file(path, overwrite=False):
+    """A one-line ValueError when ``path`` (a command's ``--out`` file of results, e.g. a benchmark's JSON)
+    exists and ``overwrite`` is not set: earlier results are replaced only when asked. None passes."""
+    if path and os.path.exists(path) and not overwrite:
+        raise ValueError(f"--out {path}: expected a new file, it holds earlier results; --overwrite replaces it")
+
+
 def save_npz(path, arrays_by_name):
     """Write {name: array} to ``path`` as a plain .npz, atomically."""
     arrays = {name: to_numpy(value) for name, value in arrays_by_name.items()}

@@ -1,6 +1,8 @@
 """Runs that lose nothing (issue 17; docs/reliability.md): a folder holding a run is not written over
-without --overwrite, and an --overwrite run leaves the old one intact until its first checkpoint."""
+without --overwrite, and an --overwrite run leaves the old one intact until its first checkpoint; the --out
+of evaluate, gradcam, attention and the benchmarks does not replace earlier results unless told to."""
 
+import json
 import os
 
 import pytest
@@ -96,6 +98,13 @@ def test_a_non_finite_loss_stops_the_run_in_one_line(tmp_path, backend):
     assert lines[0].startswith("convvit: error: stopped at epoch 0, step 1 of 32: loss nan")
     assert "likely cause: the learning rate (--lr 1e+30)" in lines[0]
     assert not (tmp_path / "run" / "checkpoint.pt").exists() and not (tmp_path / "run" / "metrics.jsonl").exists()
+    # the folder held no run: the stop is recorded, and --resume says there is nothing to resume, and why
+    stopped = json.loads((tmp_path / "run" / "stopped.json").read_text())
+    assert (stopped["epoch"], stopped["step"], stopped["checkpoint"]) == (0, 1, False)
+    line = usage_error("train", "--data", "synthetic", "--epochs", "1", "--lr", "1e30", "--backend", backend,
+                       "--no-progress", "--out", tmp_path / "run", "--resume")
+    assert line.endswith(f"found none (the run stopped before its first checkpoint, {tmp_path}/run/stopped.json "
+                         "says why: start it again without --resume)"), line
 
 
 @pytest.mark.parametrize("backend", ["torch", "numpy"])
@@ -132,6 +141,88 @@ def test_a_stop_keeps_the_last_good_checkpoint_and_resume_says_why(tmp_path, mon
                        **dict(QUIET, log=said.append))
     assert "resuming with changed --lr 0.01 -> 0.005" in said[1]
     assert [r["epoch"] for r in history] == [0, 1] and not (out / "stopped.json").exists()
+
+
+def test_an_overwrite_run_that_stops_in_epoch_0_leaves_the_old_run_and_no_record(old_run, tmp_path):
+    """A new run over an old one stops on a non-finite loss before its first checkpoint: the old run stays as it
+    was, every file, and no stopped.json is written (--resume of the old run would take it for its own)."""
+    import shutil
+
+    out = tmp_path / "run"
+    shutil.copytree(old_run, out)
+    before = _snapshot(out)
+    with pytest.raises(train_mod.NonFiniteLoss, match=r"^stopped at epoch 0, step 1 of 2: .*no checkpoint of this run"):
+        _tiny_run(out, overwrite=True, lr=1e30)
+    assert _snapshot(out) == before
+
+
+def _refused(args, folder):
+    """``convvit ARGS`` must refuse (exit 2, one line) and leave every file under ``folder`` as it was; the line."""
+    before = _snapshot(folder)
+    line = usage_error(*args)
+    assert _snapshot(folder) == before
+    return line
+
+
+@pytest.mark.parametrize("command, held", [("evaluate", "report.json"), ("gradcam", "gradcam_3.png"),
+                                           ("attention", "attention_3.png")])
+def test_inspection_commands_refuse_to_replace_earlier_results(tmp_path, command, held):
+    (tmp_path / held).write_text("earlier results")
+    (tmp_path / "mine.txt").write_text("not theirs")
+    args = (command, "--out", tmp_path, "--no-progress", *(["--index", "3"] if command == "attention" else []))
+    line = _refused(args, tmp_path)
+    assert line == f"convvit: error: --out {tmp_path}: expected no earlier results there, it holds {held}; " \
+                   "--overwrite replaces them"
+
+
+@pytest.mark.parametrize("command", ["evaluate", "attention"])
+def test_overwrite_replaces_the_earlier_results(old_run, tmp_path, command):
+    """--overwrite goes through (the tiny run's checkpoint on its synthetic data); attention's positional.png, a
+    picture of the weights alone, is drawn again without it."""
+    held = "report.json" if command == "evaluate" else "attention_3.png"
+    (tmp_path / held).write_text("earlier results")
+    args = (command, "--checkpoint", old_run / "checkpoint.pt", "--data", "synthetic", "--no-progress", "--out", tmp_path)
+    if command == "attention":
+        (tmp_path / "positional.png").write_text("another checkpoint's")
+        assert convvit(*args, "--index", "4").returncode == 0  # no earlier attention_4.png
+        assert (tmp_path / "positional.png").read_bytes() != b"another checkpoint's"
+        args += ("--index", "3")
+    r = convvit(*args, "--overwrite")
+    assert r.returncode == 0, r.stderr
+    assert (tmp_path / held).read_bytes() != b"earlier results"
+
+
+BENCHMARKS = {"flip_tta": ["x.pt"], "float32_error": ["x.pt"], "parity_errors": [], "suite_time": [],
+              "trajectory_drift": [], "train_throughput": [], "numpy_vs_torch": []}
+
+
+@pytest.mark.parametrize("name", sorted(BENCHMARKS))
+def test_a_benchmark_refuses_to_replace_its_results_file(tmp_path, monkeypatch, capsys, name):
+    """A benchmark's --out FILE that exists: exit 2 and one line naming it, before anything is measured, and the
+    file as it was. (numpy_vs_torch reads its arguments on import: the test sets them; its import sets the BLAS
+    thread variables, which monkeypatch restores.)"""
+    import importlib
+    import sys
+
+    monkeypatch.syspath_prepend(os.path.join(os.path.dirname(__file__), "..", "benchmarks"))
+    for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
+        monkeypatch.setenv(var, os.environ.get(var, "1"))
+    module = importlib.import_module(name)
+    path = tmp_path / "results.json"
+    path.write_text('{"earlier": 1}')
+    argv = [*BENCHMARKS[name], "--out", str(path)]
+    with pytest.raises(SystemExit) as info:
+        if name == "numpy_vs_torch":
+            monkeypatch.setattr(module, "ARGS", module._args(argv))
+            module.main()
+        else:
+            module.main(argv)
+    assert info.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].endswith(f"error: --out {path}: expected a new file, it holds earlier results; "
+                                             "--overwrite replaces it"), err
+    assert path.read_text() == '{"earlier": 1}'
+    monkeypatch.delitem(sys.modules, name)
 
 
 def _damaged(folder, kind):

@@ -296,14 +296,30 @@ def resume_command(argv, out):
     return "convvit " + shlex.join(words + ["--resume", "--out", str(out)])
 
 
+def _guard_out(out, held, overwrite):
+    """A command writing into ``out`` refuses (one line, exit 2, before anything is loaded or written) to replace
+    the earlier results ``held`` (names in ``out`` that exist) unless ``overwrite``."""
+    if held and not overwrite:
+        raise UsageError(f"--out {out}: expected no earlier results there, it holds {', '.join(sorted(held))}; "
+                         "--overwrite replaces them")
+
+
+def _held(out, names):
+    return [f for f in names if os.path.exists(os.path.join(out, f))]
+
+
+REPORT_FILES = ("report.json", "confusion.png")  # what convvit evaluate (and train's end) write
+
+
 def evaluate_command(args):
     from .report import write_report
 
+    out = args.out or _beside_checkpoint(args.checkpoint, "")
+    _guard_out(out, _held(out, REPORT_FILES), args.overwrite)
     try:
         model, cfg, data = _load_for_inspection(args)
     except ValueError as e:
         raise UsageError(str(e)) from None
-    out = args.out or _beside_checkpoint(args.checkpoint, "")
     os.makedirs(out, exist_ok=True)
     write_report(model, data, cfg, out)
     print(f"wrote {out}: confusion.png, report.json")
@@ -367,9 +383,13 @@ def gradcam_command(args):
 
     if args.per_class is not None and args.index is not None:
         raise UsageError("--per-class and --index: expected one of them, got both")
+    out = args.out or _beside_checkpoint(args.checkpoint, "gradcam")
+    # the grid gradcam.png is rewritten by every run: a folder holding it (or one image's) holds earlier results
+    held = [f for f in (os.listdir(out) if os.path.isdir(out) else [])
+            if f == "gradcam.png" or (f.startswith("gradcam_") and f.endswith(".png"))]
+    _guard_out(out, held, args.overwrite)
     try:
         model, cfg, data = _load_for_inspection(args, samples=True)
-        out = args.out or _beside_checkpoint(args.checkpoint, "gradcam")
         gradcam(model, data, cfg, out, n=args.n, correct=args.correct, indices=args.index, per_class=args.per_class,
                 layer=args.layer, method=args.method)
     except ValueError as e:
@@ -381,9 +401,11 @@ def gradcam_command(args):
 def attention_command(args):
     from .explain import attention
 
+    out = args.out or _beside_checkpoint(args.checkpoint, "attention")
+    # the image's matrices; positional.png, a picture of the weights alone, is drawn again by every run
+    _guard_out(out, _held(out, [f"attention_{args.index}.png"]), args.overwrite)
     try:
         model, cfg, data = _load_for_inspection(args, samples=True)
-        out = args.out or _beside_checkpoint(args.checkpoint, "attention")
         attention(model, data, cfg, out, args.index)
     except ValueError as e:
         raise UsageError(str(e)) from None
@@ -476,6 +498,8 @@ def build_parser():
     _data_args(e, default=None, default_text="the checkpoint's own")
     e.add_argument("--checkpoint", metavar="PATH", help=CHECKPOINT_HELP)
     e.add_argument("--out", default=None, help="where to write (default: the checkpoint's folder, or runs/pretrained)")
+    e.add_argument("--overwrite", action="store_true",
+                   help="replace report.json and confusion.png in --out (refused without this)")
 
     g = sub.add_parser("gradcam", help="GradCAM on misclassified test images, for the true and the predicted class")
     _data_args(g, default=None, default_text=SAMPLES_TEXT)
@@ -490,6 +514,8 @@ def build_parser():
                    help="embedding | transformer.layers.I | mlp_head.0 (default: the last block's output)")
     g.add_argument("--method", default="gradcam", help="a pytorch-grad-cam method: gradcam, gradcam++, eigencam, ...")
     g.add_argument("--out", default=None, help="default: gradcam/ beside the checkpoint, or runs/pretrained/gradcam")
+    g.add_argument("--overwrite", action="store_true",
+                   help="write into an --out that holds earlier GradCAM pictures (refused without this)")
 
     a = sub.add_parser("attention", help="the channel-attention matrices of a test image and the positional map")
     _data_args(a, default=None, default_text=SAMPLES_TEXT)
@@ -497,6 +523,8 @@ def build_parser():
     a.add_argument("--index", type=int, required=True, help="test image index")
     a.add_argument("--out", default=None,
                    help="default: attention/ beside the checkpoint, or runs/pretrained/attention")
+    a.add_argument("--overwrite", action="store_true",
+                   help="replace the image's attention_<index>.png in --out (refused without this)")
     return parser
 
 
