@@ -81,7 +81,7 @@ class TrainConfig:
     seed: int = 0
     recipe: str = "default"
     data: str = "synthetic"
-    amp: bool = False  # bfloat16 autocast (CUDA only)
+    amp: bool = False  # bfloat16 autocast of the forward (CUDA, or a CPU with bfloat16 instructions); float32 weights
     backend: str = "torch"  # torch: torch_vit; numpy: numpy_vit's forward, backward and AdamW on the CPU
     dtype: str = "float32"  # of the weights and the arithmetic (float64 for exact comparisons)
 
@@ -244,7 +244,7 @@ def predict(model, x_uint8, cfg, device, batch_size=None):
     for i in range(0, len(x_uint8), batch_size):
         xb = normalize(x_uint8[i:i + batch_size].to(device), cfg.mean, cfg.std).to(dtype)
         xb = xb.contiguous(memory_format=torch.channels_last)
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.amp and device.type == "cuda"):
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.amp):
             out.append(model(xb).to(dtype).cpu())
     return torch.cat(out)
 
@@ -255,12 +255,28 @@ def evaluate_logits(logits, labels):
     return dict(test_loss=loss, test_acc=(logits.argmax(1) == labels).double().mean().item())
 
 
+def bf16_supported(device):
+    """Whether bfloat16 autocast pays on ``device``: CUDA, or a CPU whose oneDNN has bfloat16 kernels
+    (AVX-512 BF16 or AMX); elsewhere it would emulate bfloat16 and run slower than float32."""
+    if device.type == "cuda":
+        return True
+    return device.type == "cpu" and torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported()
+
+
+def check_amp(device):
+    if not bf16_supported(device):
+        raise ValueError(f"--amp: expected CUDA or a CPU with bfloat16 instructions (AVX-512 BF16 or AMX), "
+                         f"got {device} without them")
+
+
 class TorchBackend:
     """torch_vit in channels_last memory, torch.optim.AdamW (and torch.optim.Muon), clip_grad_norm_, autocast
     when asked."""
 
     def __init__(self, cfg, device):
         self.cfg, self.device, self.dtype = cfg, device, DTYPES[cfg.dtype][0]
+        if cfg.amp:
+            check_amp(device)
         torch.manual_seed(cfg.seed)
         self.model = ViT(**cfg.model_config()).to(device, self.dtype, memory_format=torch.channels_last)
         params = list(self.model.named_parameters())
@@ -288,7 +304,7 @@ class TorchBackend:
         for group in self.muon.param_groups if self.muon else []:
             group["lr"] = lr if muon_lr is None else muon_lr
         self.model.train()
-        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=cfg.amp and self.device.type == "cuda"):
+        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=cfg.amp):
             logits = self.model(xb)
             loss = F.cross_entropy(logits.to(self.dtype), yb, label_smoothing=cfg.label_smoothing)
         self.model.zero_grad(set_to_none=True)  # every parameter, Muon's too
@@ -338,7 +354,7 @@ class NumpyBackend:
         if device.type != "cpu":
             raise ValueError(f"--backend numpy runs on the CPU, got --device {device}")
         if cfg.amp:
-            raise ValueError("--amp: bfloat16 autocast is for the torch backend on CUDA, not --backend numpy")
+            raise ValueError("--amp: bfloat16 autocast is for the torch backend, not --backend numpy")
         self.cfg, self.np_dtype = cfg, DTYPES[cfg.dtype][1]
         torch.manual_seed(cfg.seed)
         twin = ViT(**cfg.model_config())
