@@ -138,7 +138,8 @@ DATA = data_mod.make_synthetic(128, 32, size=(16, 16))  # 4 steps of 32 per epoc
 def test_a_signal_in_epoch_0_of_an_overwrite_run_is_its_first_checkpoint(tmp_path, monkeypatch, backend, sig):
     """In this process (the other signal for each backend): a new --overwrite run interrupted at its third step
     moves the old run aside and writes its own config.json, checkpoint.pt and an empty metrics.jsonl; the old
-    handlers are back; --resume gives the weights of an uninterrupted run, bit for bit."""
+    handlers are back; --resume with other data is refused in one line, with the same data it gives the weights of
+    an uninterrupted run, bit for bit."""
     cfg, sig = _tiny(backend=backend, seed=3), getattr(signal, sig)
     straight, _ = train(cfg, DATA, str(tmp_path / "straight"), **QUIET)
     out = tmp_path / "run"
@@ -154,6 +155,8 @@ def test_a_signal_in_epoch_0_of_an_overwrite_run_is_its_first_checkpoint(tmp_pat
     assert sorted(os.listdir(out)) == ["checkpoint.pt", "config.json", "metrics.jsonl"]  # the old run gone, no .old-*
     assert json.loads((out / "config.json").read_text())["seed"] == 3 and (out / "metrics.jsonl").read_text() == ""
     monkeypatch.undo()
+    with pytest.raises(ValueError, match=r"checkpoint.pt stopped in an epoch of 128 training images, got data of 96$"):
+        train(cfg, data_mod.make_synthetic(96, 32, size=(16, 16)), str(out), resume=True, **QUIET)
     resumed, history = train(cfg, DATA, str(out), resume=True, **QUIET)
     assert [r["epoch"] for r in history] == [0, 1]
     for (k, v), w in zip(straight.state_dict().items(), resumed.state_dict().values()):
