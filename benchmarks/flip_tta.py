@@ -5,7 +5,7 @@ For each checkpoint, the test accuracy on the images as they are (what `convvit 
 and softmax probabilities). The README reports it beside, never in place of, the plain accuracy.
 
     python benchmarks/flip_tta.py runs/default/checkpoint.pt runs/seed/checkpoint.pt \
-        --out benchmarks/results/flip_tta.json
+        --out benchmarks/results/flip_tta.json  # --overwrite to replace an earlier one
 """
 
 import argparse

@@ -3,7 +3,7 @@ forward+backward, float32 and float64, batch 1, 32, 128 and 256 (median times an
 NumPy / torch); the peak memory of one forward+backward of the whole model at batch 128; and the
 machine.
 
-    python benchmarks/numpy_vs_torch.py --out benchmarks/results/numpy_vs_torch.json
+    python benchmarks/numpy_vs_torch.py --out benchmarks/results/numpy_vs_torch.json --overwrite
 
 Same threads on both sides: NumPy's BLAS and torch both run --threads threads (default: every
 core); the environment variables that set BLAS threads are fixed before NumPy loads. "forward" is a

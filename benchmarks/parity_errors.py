@@ -5,7 +5,7 @@ Draws random configurations and values over the same ranges as parity_tests/test
 per dtype and regime the worst per-tensor relative error, the worst error relative to the largest
 gradient G of the same backward, and how many tensors passed only by the floor.
 
-    python benchmarks/parity_errors.py --draws 200 --out benchmarks/results/parity_errors.json
+    python benchmarks/parity_errors.py --draws 200 --out benchmarks/results/parity_errors.json --overwrite
 """
 
 import argparse

@@ -172,7 +172,7 @@ def render_suite_time(results):
     m = suite["machine"]
     rows = [[f"`{s['command']}`", s["summary"], f"{s['wall_s']:.0f} s"] for s in suite["runs"]]
     return (table(["command", "pytest's summary", "wall time"], rows, ["---", "---", "---:"]) +
-            f"\n\nMeasured by `python benchmarks/suite_time.py --out benchmarks/results/suite_time.json`, alone on "
+            f"\n\nMeasured by `python benchmarks/suite_time.py --out benchmarks/results/suite_time.json --overwrite`, alone on "
             f"{m['cpu']} ({m['cores']} cores), Python {m['python']}, torch {m['torch']}, NumPy {m['numpy']}.")
 
 

@@ -1,17 +1,17 @@
 #!/usr/bin/env bash
 # Every benchmark behind the README's figures, one after another, each writing its JSON into
-# benchmarks/results/. Run it alone on the machine (timings), from the project's root:
+# benchmarks/results/ (--overwrite: each replaces its earlier results). Run it alone on the machine (timings), from the project's root:
 #   benchmarks/run_all.sh [CHECKPOINT ...]
 # The checkpoints (default: runs/muon-s4 and runs/synthetic-numpy, where they exist) feed
 # float32_error.py and flip_tta.py (which evaluates each on its own --data); `convvit train` makes them (README, "Training").
 set -euo pipefail
 cd "$(dirname "$0")/.."
 out=benchmarks/results
-python benchmarks/numpy_vs_torch.py --out $out/numpy_vs_torch.json
-python benchmarks/train_throughput.py --recipe seed --out $out/train_throughput.json
-python benchmarks/train_throughput.py --recipe default --batch 64 --out $out/train_throughput_default.json
-python benchmarks/parity_errors.py --draws 200 --out $out/parity_errors.json
-python benchmarks/trajectory_drift.py --out $out/trajectory_drift.json
+python benchmarks/numpy_vs_torch.py --out $out/numpy_vs_torch.json --overwrite
+python benchmarks/train_throughput.py --recipe seed --out $out/train_throughput.json --overwrite
+python benchmarks/train_throughput.py --recipe default --batch 64 --out $out/train_throughput_default.json --overwrite
+python benchmarks/parity_errors.py --draws 200 --out $out/parity_errors.json --overwrite
+python benchmarks/trajectory_drift.py --out $out/trajectory_drift.json --overwrite
 checkpoints=("$@")
 if [ ${#checkpoints[@]} -eq 0 ]; then
   for run in runs/muon-s4 runs/synthetic-numpy; do
@@ -19,8 +19,8 @@ if [ ${#checkpoints[@]} -eq 0 ]; then
   done
 fi
 if [ ${#checkpoints[@]} -gt 0 ]; then
-  python benchmarks/float32_error.py "${checkpoints[@]}" --out $out/float32_error.json
-  python benchmarks/flip_tta.py "${checkpoints[@]}" --out $out/flip_tta.json
+  python benchmarks/float32_error.py "${checkpoints[@]}" --out $out/float32_error.json --overwrite
+  python benchmarks/flip_tta.py "${checkpoints[@]}" --out $out/flip_tta.json --overwrite
 else
   echo "no checkpoints: skipping float32_error.py and flip_tta.py (train runs/muon-s4 and runs/synthetic-numpy first: docs/experiments.md, docs/parity.md)" >&2
 fi

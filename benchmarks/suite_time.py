@@ -1,7 +1,7 @@
 """The test suite's wall time on this machine: the parity subset (`python -m pytest -m parity`) and the whole
 suite as CI runs it (`python -m pytest`), one after the other, with pytest's summary line and the machine.
 
-    python benchmarks/suite_time.py --out benchmarks/results/suite_time.json
+    python benchmarks/suite_time.py --out benchmarks/results/suite_time.json --overwrite
 
 Run it alone on the machine: a second job on the same cores slows both.
 """

@@ -7,7 +7,7 @@ weight after steps 1, 10, 50 and N, in float64 and float32, for two schedules:
 - squeezed: the whole schedule squeezed into the N steps (10 steps per epoch, 10 epochs: warm-up to
   lr 0.01 by step 40), with label smoothing 0.1, a harsher test.
 
-    python benchmarks/trajectory_drift.py --out benchmarks/results/trajectory_drift.json
+    python benchmarks/trajectory_drift.py --out benchmarks/results/trajectory_drift.json --overwrite
 """
 
 import argparse
