@@ -165,4 +165,6 @@ class ViT(nn.Module):
         x = self.embedding(x)  # (B, C, H/p, W/p)
         x = self.transformer(x)  # (B, C, H/p, W/p)
         x = channels_layer_norm(self.norm, x)  # (B, C, H/p, W/p)
-        return self.mlp_head(x)  # (B, num_classes)
+        # in torch's default layout: the pooling's backward hands GELU's backward an NCHW gradient, and GELU's
+        # backward is many times slower on a channels-last input with an NCHW gradient than on two of one layout
+        return self.mlp_head(x.contiguous())  # (B, num_classes)
