@@ -194,7 +194,7 @@ def test_overwrite_replaces_the_earlier_results(old_run, tmp_path, command):
 
 
 BENCHMARKS = {"flip_tta": ["x.pt"], "float32_error": ["x.pt"], "parity_errors": [], "suite_time": [],
-              "trajectory_drift": [], "train_throughput": [], "numpy_vs_torch": []}
+              "trajectory_drift": [], "train_throughput": [], "numpy_vs_torch": [], "profile_step": []}
 
 
 @pytest.mark.parametrize("name", sorted(BENCHMARKS))

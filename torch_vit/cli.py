@@ -488,7 +488,7 @@ def build_parser():
     t.add_argument("--randaugment", type=_tuple_or_none(int, 2), default=argparse.SUPPRESS, metavar="OPS,MAGNITUDE|none")
     t.add_argument("--color-jitter", type=_tuple_or_none(float, 3), default=argparse.SUPPRESS, metavar="B,C,S|none")
     t.add_argument("--erasing", type=_fraction, help="random erasing probability")
-    t.add_argument("--amp", action="store_true", help="bfloat16 autocast on CUDA")
+    t.add_argument("--amp", action="store_true", help="bfloat16 autocast (CUDA, or a CPU with AVX-512 BF16 or AMX)")
     t.add_argument("--backend", default="torch",
                    help="torch (default) | numpy: numpy_vit's forward, backward and AdamW on the CPU, same "
                         "initial weights and batches as torch for the same --seed")

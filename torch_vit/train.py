@@ -677,7 +677,7 @@ def _train(cfg, data, out, resume, device, progress, log, stop_after, caught):
             ema = evaluate_logits(run.test_logits(data, ema=True), data.test_y)
             test.update(ema_test_loss=ema["test_loss"], ema_test_acc=ema["test_acc"])
         row = dict(epoch=epoch, train_loss=loss_sum.item() / seen, train_acc=int(correct_t) / seen, **test,
-                   lr=lr, time=time.perf_counter() - started, train_img_s=seen / train_time)
+                   lr=lr, time=time.perf_counter() - started, train_s=train_time, train_img_s=seen / train_time)
         history.append(row)
         save(epoch)
         kept = f"checkpoint.pt keeps epoch {epoch}"

@@ -1,0 +1,101 @@
+"""The speed benchmarks' own workings. benchmarks/seed_model.py, the plain seed model that
+benchmarks/train_throughput.py times convvit's step against, is the same function as torch_vit's ViT: the same
+state-dict keys, and on one state dict the same logits and gradients (float64), so a ratio between their steps
+compares two ways of computing one thing. And the ratio arithmetic of train_throughput.py (the median of
+per-round ratios), and run_overhead.py's split of a run's wall time."""
+
+import importlib.util
+import pathlib
+import sys
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from torch_vit.model import ViT
+
+BENCH = pathlib.Path(__file__).resolve().parents[1] / "benchmarks"
+
+
+def load(name):
+    sys.path.insert(0, str(BENCH))  # the benchmarks import one another by name
+    try:
+        spec = importlib.util.spec_from_file_location(f"bench_{name}", BENCH / f"{name}.py")
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        return module
+    finally:
+        sys.path.remove(str(BENCH))
+
+
+SEED = dict(image_size=32, patch_size=2, in_channels=3, embedding_dim=32, depth=4, head_channels=8)
+
+
+@pytest.mark.parity
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_seed_model_is_torch_vit(channels_last):
+    seed_model = load("seed_model")
+    torch.manual_seed(0)
+    ref = seed_model.seed_vit().double()
+    ours = ViT(**SEED).double()
+    assert list(ref.state_dict()) == list(ours.state_dict())
+    ours.load_state_dict(ref.state_dict())
+    if channels_last:  # as convvit train runs it
+        ours = ours.to(memory_format=torch.channels_last)
+    x = torch.randn(4, 3, 32, 32, dtype=torch.float64)
+    y = torch.tensor([0, 3, 9, 3])
+    logits = []
+    for model in (ref, ours):
+        xb = x.contiguous(memory_format=torch.channels_last) if model is ours and channels_last else x
+        out = model(xb)
+        F.cross_entropy(out, y).backward()
+        logits.append(out.detach())
+    torch.testing.assert_close(logits[1], logits[0], rtol=1e-12, atol=1e-12)
+    grads = dict(ref.named_parameters())
+    for name, p in ours.named_parameters():
+        torch.testing.assert_close(p.grad, grads[name].grad, rtol=1e-10, atol=1e-12, msg=name)
+
+
+def test_ratios_are_medians_of_per_round_ratios():
+    tt = load("train_throughput")
+    times = {"seed_step": [1.0, 2.0, 1.0, 4.0, 1.0], "step": [0.5, 0.5, 0.25, 1.0, 1.0]}
+    # per round: 2, 4, 4, 4, 1 -> median 4; the ratio of median times would be 1 / 0.5 = 2
+    out = tt.summarise(times, "seed_step", images=64)
+    assert out["step"] == dict(img_s=128.0, ratio=4.0)
+    assert out["seed_step"] == dict(img_s=64.0, ratio=1.0)
+
+
+def test_rounds_rotate_the_order():
+    tt = load("train_throughput")
+    calls = []
+    contenders = {name: (lambda n=name: calls.append(n)) for name in "abc"}
+    times = tt.measure(contenders, rounds=3, sync=lambda: None, warmup=0)
+    assert calls == list("abcbcacab")
+    assert {k: len(v) for k, v in times.items()} == {"a": 3, "b": 3, "c": 3}
+
+
+def test_run_overhead_splits_the_wall_time():
+    ro = load("run_overhead")
+    metrics = [dict(train_s=90.0, time=100.0), dict(train_s=80.0, time=85.0)]
+    out = ro.split(200.0, metrics, dict(numpy_check_seconds=5.0))
+    assert out["train_loop_s"] == 170.0 and out["evaluation_s"] == 15.0 and out["numpy_check_s"] == 5.0
+    assert out["rest_s"] == 10.0 and out["wall_over_train_loop"] == round(200 / 170, 3)
+    assert out["train_loop_share"] == 0.85 and out["epochs"] == 2
+    assert ro.run_folder(["convvit", "train", "--out", "runs/x"]) == "runs/x"
+    assert ro.run_folder(["convvit", "train", "--out=runs/y"]) == "runs/y"
+    assert ro.run_folder(["convvit", "train"]) == "runs/latest"
+
+
+def test_run_overhead_refuses_before_running(tmp_path, capsys):
+    ro = load("run_overhead")
+    held = tmp_path / "run_overhead.json"
+    held.write_text('{"earlier": 1}')
+    for argv, says in ((["--out", str(held), "--", "convvit", "train", "--out", str(tmp_path / "run")],
+                        "expected a new file, it holds earlier results; --overwrite replaces it"),
+                       (["--", "python", "-c", "print(1)"], "expected a command '-- convvit train ...', got python")):
+        with pytest.raises(SystemExit) as info:
+            ro.main(argv)
+        assert info.value.code == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and says in err[0], err
+    assert held.read_text() == '{"earlier": 1}' and not (tmp_path / "run").exists()
