@@ -177,3 +177,15 @@ def test_a_signal_in_the_last_step_of_an_epoch_keeps_that_epoch(tmp_path, monkey
     said = []
     train(_tiny(), DATA, str(out), resume=True, **dict(QUIET, log=said.append))
     assert said[0] == f"resuming {out} after epoch 0"
+
+
+def test_ctrl_c_outside_the_training_loop_is_one_line_and_130(tmp_path, monkeypatch):
+    """Ctrl-C while a command loads its data or writes its report (outside train()'s handlers): exit 130 and one
+    line, no traceback; the run's files written so far stay whole (atomic writes)."""
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(data_mod, "load", interrupted)
+    r = convvit("train", "--epochs", "1", "--no-progress", "--out", tmp_path / "run")
+    assert r.returncode == 130 and r.stderr.strip().splitlines() == ["convvit: interrupted"], r
+    assert not (tmp_path / "run").exists()

@@ -548,6 +548,9 @@ def main(argv=None):
             line = line[:196] + " ..."
         print(line, file=sys.stderr)
         return 2
+    except KeyboardInterrupt:  # Ctrl-C outside the training loop (loading data, the report, the pictures): files
+        print("convvit: interrupted", file=sys.stderr)  # are written atomically, so each is whole or absent
+        return 130
     return 0
 
 
