@@ -1,8 +1,9 @@
 """Where the training step's time goes: torch.profiler over convvit train's torch step (TorchBackend), float32
 and with --amp (bfloat16 autocast) where the CPU has bfloat16 instructions, and over the plain seed model's
-step (benchmarks/seed_model.py) for comparison. Each op's share of the step's self CPU time, the largest first.
+step (benchmarks/seed_model.py, with the recipe's optimiser) for comparison. Each op's share of the step's self
+CPU time, the largest first.
 
-    python benchmarks/profile_step.py --recipe seed --out benchmarks/results/profile_step.json --overwrite
+    python benchmarks/profile_step.py --recipe default --out benchmarks/results/profile_step.json --overwrite
 """
 
 import argparse
@@ -11,7 +12,6 @@ import os
 import sys
 
 import torch
-import torch.nn.functional as F
 from torch.profiler import ProfilerActivity, profile
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
@@ -19,6 +19,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from numpy_vit.io import check_new_file, write_json  # noqa: E402
 from record_run import cpu_name  # noqa: E402
 from seed_model import seed_vit  # noqa: E402
+from train_throughput import seed_step  # noqa: E402
 from torch_vit.data import make_synthetic  # noqa: E402
 from torch_vit.train import TorchBackend, augmenter, bf16_supported, make_config  # noqa: E402
 
@@ -57,17 +58,8 @@ def main(argv=None):
     g = torch.Generator().manual_seed(0)
     xb, yb = augmenter(cfg)(data.train_x, g), data.train_y
     torch.manual_seed(0)
-    reference = seed_vit()
-    opt = torch.optim.AdamW(reference.parameters(), lr=cfg.lr, weight_decay=0.01)
-
-    def seed_step():
-        loss = F.cross_entropy(reference(xb), yb)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(reference.parameters(), cfg.clip)
-        opt.step()
-
-    steps = {"plain seed model": seed_step}
+    reference = seed_step(seed_vit(), cfg)  # with the recipe's optimiser, as in train_throughput.py
+    steps = {"plain seed model": lambda: reference(xb, yb)}
     for name, amp in (("convvit, float32", False), ("convvit, --amp", True)):
         if amp and not bf16_supported(cpu):
             continue

@@ -151,10 +151,12 @@ def render_summary(results):
                  f"**{row['ratio_fwdbwd']:.2f}** ({1e3 * row['numpy_fwdbwd_s']:.0f} / {1e3 * row['torch_fwdbwd_s']:.0f} ms)",
                  "[benchmarks](docs/benchmarks.md)"])
     seed, default = results.json("train_throughput.json"), results.json("train_throughput_default.json")
-    rows.append(["training step (augmentation, forward, backward, optimiser), torch, 2-core CPU",
-                 f"{seed['train_step_img_s']:,.0f} images/s (seed recipe, batch {seed['batch']}); "
-                 f"{default['train_step_img_s']:,.0f} (default, batch {default['batch']})",
-                 "[benchmarks](docs/benchmarks.md)"])
+    for name, label in (("step", "float32"), ("step_amp", "`--amp` (bfloat16)")):
+        if name in seed["results"] and name in default["results"]:
+            rows.append([f"training step, {label}, over the plain seed model's, in one run (2-core CPU)",
+                         f"**{seed['results'][name]['ratio']:.2f}x** (seed recipe, batch {seed['batch']}); "
+                         f"**{default['results'][name]['ratio']:.2f}x** (default, batch {default['batch']})",
+                         "[benchmarks](docs/benchmarks.md#training-speed)"])
     suite = results.json("suite_time.json")
     for s in suite["runs"]:
         rows.append([f"`{s['command']}`", f"{s['summary']}; {s['wall_s']:.0f} s wall", "[parity](docs/parity.md)"])
@@ -286,7 +288,6 @@ def render_goals(results):
     res = results.json("numpy_vs_torch.json")
     row = next(p for p in res["parts"] if p["part"] == "model+loss" and p["dtype"] == "float32" and p["batch"] == 128)
     mem = res["memory"]
-    step = results.json("train_throughput.json")["train_step_img_s"]
     cl = row["numpy_fwdbwd_s"] / row["torch_channels_last_fwdbwd_s"] if "torch_channels_last_fwdbwd_s" in row else None
     rows = [["NumPy forward+backward of the model, float32, batch 128, over torch's (NCHW)", "at most 1.5",
              f"{row['ratio_fwdbwd']:.2f}", "met" if row["ratio_fwdbwd"] <= 1.5 else "not met"],
@@ -294,25 +295,86 @@ def render_goals(results):
             ["peak memory of a NumPy forward+backward over torch's, float32, batch 128", "at most 2",
              f"{mem['ratio']:.2f} ({mem['numpy']['peak_growth_kib'] / 1024:.0f} / "
              f"{mem['torch']['peak_growth_kib'] / 1024:.0f} MiB)", "met" if mem["ratio"] <= 2 else "not met"],
-            ["torch_vit's training step, seed recipe, batch 128, images/s", "at least 1,000", f"{step:,.0f}",
-             "met" if step >= 1000 else "not met"]]
+            ]
+    for file in ("train_throughput.json", "train_throughput_default.json"):
+        speed = results.json(file)
+        for name, label in (("step", "float32"), ("step_amp", "--amp")):
+            if name in speed["results"]:
+                ratio = speed["results"][name]["ratio"]
+                rows.append([f"training step over the plain seed model's, {label}, `--recipe {speed['recipe']}`, batch "
+                             f"{speed['batch']}", "at least 2.0", f"{ratio:.2f}", "met" if ratio >= 2.0 else "not met"])
+    whole = results.json("run_overhead.json")
+    rows.append([f"a whole run over its training loop (`{whole['command']}`)", "at most 1.15",
+                 f"{whole['wall_over_train_loop']:.3f}", "met" if whole["wall_over_train_loop"] <= 1.15 else "not met"])
     return table(["goal", "target", "measured", ""], rows, ["---", "---", "---:", "---"])
 
 
-def render_train_throughput(results):
-    keys = [("pipeline_img_s", "data pipeline alone"), ("train_step_img_s", "training step, torch (the recipe's optimiser)"),
-            ("train_step_img_s_adamw", "training step, torch, AdamW for every weight"),
-            ("train_step_img_s_contiguous", "training step, torch, AdamW, default (NCHW) layout"),
-            ("train_step_img_s_numpy", "training step, NumPy backend"), ("eval_img_s", "evaluation"),
-            ("estimated_cifar10_epoch_s", "estimated CIFAR-10 epoch (s)")]
-    files = ("train_throughput.json", "train_throughput_default.json")
-    res = [results.json(f) for f in files]
-    header = ["images per second"] + [f"`--recipe {r['recipe']}`, batch {r['batch']}" for r in res]
-    rows = [[label] + [f"{r[k]:,.1f}" if k.startswith("estimated") else (f"{r[k]:,.0f}" if k in r else "")
-                       for r in res] for k, label in keys]
+SPEED_ROWS = [("seed_step", "the plain seed model's step, the recipe's optimiser (the reference)"),
+              ("seed_step_adamw", "the plain seed model's step, AdamW (the reference of the AdamW rows)"),
+              ("step", "convvit train's step, float32"), ("step_amp", "the same with `--amp` (bfloat16 autocast)"),
+              ("step_adamw", "the float32 step with AdamW for every weight"),
+              ("step_amp_adamw", "the `--amp` step with AdamW for every weight"), ("step_numpy", "the NumPy backend's step"),
+              ("augment", "the batch's augmentation alone"), ("seed_eval", "the plain seed model's evaluation (the reference)"),
+              ("eval", "evaluation, float32"), ("eval_amp", "evaluation, `--amp`")]
+
+
+def render_train_speed(results):
+    res = [results.json(f) for f in ("train_throughput.json", "train_throughput_default.json")]
+    header = ["over the plain seed model (images/s)"] + [
+        f"`--recipe {r['recipe']}` ({r['optimizer']}), batch {r['batch']}" for r in res]
+    rows = []
+    for key, label in SPEED_ROWS:
+        cells = [f"**{r['results'][key]['ratio']:.2f}x** ({r['results'][key]['img_s']:,.0f})" if key in r["results"]
+                 else "" for r in res]
+        if any(cells):
+            rows.append([label] + cells)
     m = res[0]["machine"]
     return (table(header, rows, ["---"] + ["---:"] * len(res)) +
-            f"\n\n{m['cpu']}, {m['cores']} cores, {m['threads']} threads, torch {m['torch']}, {m['device']}.")
+            f"\n\nMedian over {res[0]['rounds']} rounds of the per-round ratio; images per second at the median time. "
+            f"{m['cpu']}, {m['cores']} cores, {m['threads']} threads, torch {m['torch']}, {m['device']}.")
+
+
+def render_train_candidates(results):
+    res = results.json("train_candidates.json")
+    r, compile_s = res["results"], res.get("compile_s", {})
+    rows = []
+    for name, base, label in (("step_compile", "step", "`torch.compile` of the model, float32"),
+                              ("step_amp_compile", "step_amp", "`torch.compile` of the model, `--amp`"),
+                              ("step_amp_foreach", "step_amp", "AdamW with `foreach=True`, `--amp`")):
+        if name in r:
+            rows.append([label, f"{r[name]['ratio']:.2f}x", f"{r[base]['ratio']:.2f}x",
+                         f"{compile_s[name]:.0f} s" if name in compile_s else ""])
+    m = res["machine"]
+    return (table(["candidate", "step over the plain seed model's", "the same step without it", "compile time"], rows,
+                  ["---", "---:", "---:", "---:"]) +
+            f"\n\n`--recipe {res['recipe']}` ({res['optimizer']}), batch {res['batch']}, {res['rounds']} rounds; "
+            f"{m['cpu']}, {m['cores']} cores, {m['threads']} threads, torch {m['torch']}.")
+
+
+def render_profile_step(results):
+    prof = results.json("profile_step.json")
+    names = list(prof["profiles"])
+    ops = list(dict.fromkeys(o["op"] for p in prof["profiles"].values() for o in p["ops"]))
+    cells = {name: {o["op"]: o for o in p["ops"]} for name, p in prof["profiles"].items()}
+    rows = [[f"`{op}`"] + [f"{100 * cells[n][op]['share']:.0f}% ({cells[n][op]['ms_per_step']:.1f} ms)" if op in cells[n]
+                           else "" for n in names] for op in ops]
+    rows.append(["the step, profiled"] + [f"{prof['profiles'][n]['ms_per_step']:.0f} ms" for n in names])
+    m = prof["machine"]
+    return (table(["op (self CPU time)"] + names, rows, ["---"] + ["---:"] * len(names)) +
+            f"\n\n`--recipe {prof['recipe']}` ({prof['optimizer']}), batch {prof['batch']}, {prof['steps']} steps under "
+            f"torch.profiler (which slows them); {m['cpu']}, {m['cores']} cores, {m['threads']} threads, torch {m['torch']}.")
+
+
+def render_run_overhead(results):
+    run = results.json("run_overhead.json")
+    parts = [("train_loop", "the training loop (augmentation and steps)"), ("evaluation", "evaluation every epoch"),
+             ("numpy_check", "the final report's NumPy check of every test image"),
+             ("rest", "the rest: start-up, loading the data, checkpoints, pictures")]
+    rows = [[label, f"{run[k + '_s']:,.0f} s", f"{100 * run[k + '_share']:.1f}%"] for k, label in parts]
+    rows.append(["the whole command", f"{run['wall_s']:,.0f} s", f"{run['wall_over_train_loop']:.3f}x the training loop"])
+    return (table(["part of the run", "time", "share"], rows, ["---", "---:", "---:"]) +
+            f"\n\n`{run['command']}`: {run['epochs']} epochs, {run['test_acc']:.2f}% test accuracy; {run['machine']}, "
+            f"{run['threads']} threads.")
 
 
 RENDERERS = {
@@ -329,7 +391,10 @@ RENDERERS = {
     "numpy-vs-torch-fwdbwd": render_numpy_vs_torch("fwdbwd"),
     "numpy-vs-torch-fwd": render_numpy_vs_torch("fwd"),
     "benchmark-goals": render_goals,
-    "train-throughput": render_train_throughput,
+    "train-speed": render_train_speed,
+    "profile-step": render_profile_step,
+    "train-candidates": render_train_candidates,
+    "run-overhead": render_run_overhead,
 }
 
 

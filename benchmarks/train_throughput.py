@@ -1,7 +1,9 @@
 """Training speed on this machine, every figure also a ratio against the plain seed model timed in the same run.
 
 The reference is ``benchmarks/seed_model.py``: the seed's model re-typed (NCHW memory, eager, its
-``transpose(1, -1)`` LayerNorm) with the seed's optimiser step (AdamW, clip 1.0). Each round times
+``transpose(1, -1)`` LayerNorm), stepped with the same optimiser as the step it is compared with (the recipe's:
+AdamW, or Muon and AdamW as convvit train sets them up; ``seed_step_adamw`` for the AdamW contenders of a Muon
+recipe), clip 1.0. Each round times
 every contender once, one after the other, in a rotating order; a contender's ratio is the median over
 the rounds of (the reference's time in that round) / (its own time in that round), so that the speed of
 the machine, and any load on it, cancels out of the ratio. The absolute images per second (the median
@@ -12,7 +14,10 @@ Contenders, at the recipe's batch size (--batch to change it), on the same augme
                   optimiser), float32
   step_amp        the same with --amp (bfloat16 autocast), where the device has bfloat16 instructions
   step_adamw      the same float32 step with AdamW for every weight, when the recipe's optimiser is Muon
-  step_numpy      the NumPy backend's step (--backend numpy), float32, on the CPU
+  step_amp_adamw  the same with --amp
+  step_numpy      the NumPy backend's step (--backend numpy), float32, on the CPU, timed in rounds of its own
+                  with the reference, each followed by a pause: NumPy's BLAS threads spin on after its step and
+                  slow whatever torch runs next on the same cores
   augment         the recipe's batched augmentation of a batch, which the loop runs before each step
 and, with --candidates, changes that were measured and not kept:
   step_compile, step_amp_compile   the step with torch.compile of the model (its compile time beside)
@@ -42,17 +47,29 @@ from record_run import cpu_name  # noqa: E402
 from seed_model import seed_vit  # noqa: E402
 from torch_vit.augment import normalize  # noqa: E402
 from torch_vit.data import make_synthetic  # noqa: E402
-from torch_vit.train import NumpyBackend, TorchBackend, augmenter, bf16_supported, make_config, predict  # noqa: E402
+from torch_vit.train import (NumpyBackend, TorchBackend, augmenter, bf16_supported, make_config, muon_names,  # noqa: E402
+                             muon_step, predict, torch_muon)
 
 
-def seed_step(model, opt, cfg):
-    """The seed's training step: forward, cross-entropy, backward, clip 1.0, AdamW."""
+def seed_step(model, cfg):
+    """The plain seed model's training step with ``cfg``'s optimiser set up as convvit train does (AdamW; or
+    torch.optim.Muon for the blocks' 1x1-conv weights and AdamW for the rest): forward, cross-entropy, backward,
+    clip, the optimiser steps."""
+    params = list(model.named_parameters())
+    muon, views = None, []
+    if cfg.optimizer == "muon":
+        muon, views = torch_muon(model, cfg.lr, cfg.weight_decay, cfg.muon_momentum)
+        params = [(n, p) for n, p in params if n not in muon_names(model)]
+    opt = torch.optim.AdamW([p for _, p in params], lr=cfg.lr, betas=cfg.betas, weight_decay=cfg.weight_decay)
+
     def step(xb, yb):
         loss = F.cross_entropy(model(xb), yb)
-        opt.zero_grad(set_to_none=True)
+        model.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.clip)
         opt.step()
+        if muon:
+            muon_step(muon, views)
     return step
 
 
@@ -65,8 +82,10 @@ def seed_predict(model, x_uint8, cfg, device):
     return torch.cat(out)
 
 
-def measure(contenders, rounds, sync, warmup=2):
-    """{name: [seconds per round]}: every contender once per round, the order rotating from round to round."""
+def measure(contenders, rounds, sync, warmup=2, settle=0.0):
+    """{name: [seconds per round]}: every contender once per round, the order rotating from round to round;
+    ``settle`` seconds of pause (untimed) after each, for the NumPy step, whose BLAS threads spin on after it and
+    would slow whatever runs next on the same cores."""
     names = list(contenders)
     for _ in range(warmup):
         for name in names:
@@ -79,15 +98,17 @@ def measure(contenders, rounds, sync, warmup=2):
             contenders[name]()
             sync()
             times[name].append(time.perf_counter() - t)
+            time.sleep(settle)
     return times
 
 
-def summarise(times, reference, images):
+def summarise(times, reference, images, references=None):
     """{name: {img_s, ratio}}: images per second at the median time, and the median of the per-round ratios
-    reference time / own time."""
-    ref = times[reference]
+    reference time / own time; ``references`` names another reference for some contenders."""
+    references = references or {}
     return {name: dict(img_s=round(images / statistics.median(t), 1),
-                       ratio=round(statistics.median(r / s for r, s in zip(ref, t)), 3))
+                       ratio=round(statistics.median(r / s for r, s in zip(times[references.get(name, reference)], t)),
+                                   3))
             for name, t in times.items()}
 
 
@@ -125,20 +146,28 @@ def main(argv=None):
 
     torch.manual_seed(cfg.seed)
     reference = seed_vit().to(device)
-    ref_opt = torch.optim.AdamW(reference.parameters(), lr=cfg.lr, betas=cfg.betas, weight_decay=0.01)
     lr = cfg.lr_at(1.0)
-    train = {"seed_step": cycling(seed_step(reference, ref_opt, cfg))}
+    train = {"seed_step": cycling(seed_step(reference, cfg))}
+    references = {}  # contender -> its reference, when not seed_step
+    if cfg.optimizer != "adamw":
+        train["seed_step_adamw"] = cycling(seed_step(seed_vit().to(device), make_config(args.recipe, optimizer="adamw")))
+        references = {"step_adamw": "seed_step_adamw", "step_amp_adamw": "seed_step_adamw"}
     runs = {"step": make_config(args.recipe, batch_size=B)}
     if bf16_supported(device):
         runs["step_amp"] = make_config(args.recipe, batch_size=B, amp=True)
     if cfg.optimizer != "adamw":
         runs["step_adamw"] = make_config(args.recipe, batch_size=B, optimizer="adamw")
+        if bf16_supported(device):
+            runs["step_amp_adamw"] = make_config(args.recipe, batch_size=B, optimizer="adamw", amp=True)
     backends = {}
     for name, c in runs.items():
         backends[name] = TorchBackend(c, device)
         train[name] = cycling(lambda xb, yb, run=backends[name]: run.step(xb, yb, lr))
     compile_s = {}
     if args.candidates:
+        from torch._inductor import config as inductor_config
+
+        inductor_config.force_disable_caches = True  # the compile time of a first run, not a cache's
         for name, amp in (("step_compile", False), ("step_amp_compile", True)):
             if amp and not bf16_supported(device):
                 continue
@@ -155,9 +184,10 @@ def main(argv=None):
             for group in run.opt.param_groups:
                 group["foreach"] = True
             train["step_amp_foreach"] = cycling(lambda xb, yb, run=run: run.step(xb, yb, lr))
-    if device.type == "cpu" and not args.no_numpy:
+    numpy_block = {}
+    if device.type == "cpu" and not args.no_numpy:  # in a block of its own, against the same reference
         numpy_run = NumpyBackend(make_config(args.recipe, batch_size=B, backend="numpy"), device)
-        train["step_numpy"] = cycling(lambda xb, yb: numpy_run.step(xb, yb, lr))
+        numpy_block = {"seed_step": train["seed_step"], "step_numpy": cycling(lambda xb, yb: numpy_run.step(xb, yb, lr))}
     train["augment"] = lambda: augment(x[torch.randint(0, len(x), (B,), generator=g).to(device)], g)
 
     test_x = data.test_x[:1024]
@@ -166,13 +196,16 @@ def main(argv=None):
     if "step_amp" in backends:
         evals["eval_amp"] = lambda: predict(backends["step_amp"].model, test_x, runs["step_amp"], device)
 
-    results = summarise(measure(train, args.rounds, sync), "seed_step", B)
+    results = summarise(measure(train, args.rounds, sync), "seed_step", B, references)
+    if numpy_block:
+        rounds = max(5, args.rounds // 2)
+        results["step_numpy"] = summarise(measure(numpy_block, rounds, sync, settle=0.3), "seed_step", B)["step_numpy"]
     results.update(summarise(measure(evals, max(3, args.rounds // 2), sync), "seed_eval", len(test_x)))
     machine = dict(cpu=cpu_name(), cores=os.cpu_count(), threads=torch.get_num_threads(), torch=torch.__version__,
                    device=str(device), gpu=torch.cuda.get_device_name() if device.type == "cuda" else None,
                    bf16=bf16_supported(device))
     full = dict(recipe=args.recipe, batch=B, optimizer=cfg.optimizer, rounds=args.rounds,
-                reference="benchmarks/seed_model.py: the plain seed model, NCHW, eager, AdamW + clip",
+                reference="benchmarks/seed_model.py: the plain seed model, NCHW, eager, the same optimiser, clip",
                 machine=machine, results=results, **({"compile_s": compile_s} if compile_s else {}))
     print(json.dumps(full, indent=1))
     if args.out:

@@ -63,6 +63,10 @@ def test_ratios_are_medians_of_per_round_ratios():
     out = tt.summarise(times, "seed_step", images=64)
     assert out["step"] == dict(img_s=128.0, ratio=4.0)
     assert out["seed_step"] == dict(img_s=64.0, ratio=1.0)
+    # a contender compared with another reference (the plain model with the contender's optimiser)
+    times["seed_step_adamw"] = [0.5, 0.5, 0.5, 0.5, 0.5]
+    out = tt.summarise(times, "seed_step", 64, {"step": "seed_step_adamw"})
+    assert out["step"]["ratio"] == 1.0 and out["seed_step_adamw"]["ratio"] == 2.0
 
 
 def test_rounds_rotate_the_order():
