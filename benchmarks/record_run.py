@@ -97,8 +97,14 @@ def main(argv=None):
     ap.add_argument("--note")
     ap.add_argument("--overwrite", action="store_true")
     args = ap.parse_args(argv)
-    out = record(args.run_dir, args.name, args.group, args.command, recipe=args.recipe, machine=args.machine,
-                 wall_s=args.wall_s, wall_note=args.wall_note, note=args.note, overwrite=args.overwrite)
+    try:
+        out = record(args.run_dir, args.name, args.group, args.command, recipe=args.recipe, machine=args.machine,
+                     wall_s=args.wall_s, wall_note=args.wall_note, note=args.note, overwrite=args.overwrite)
+    except SystemExit as e:  # record()'s one-line refusals: bad input, exit 2 as everywhere else, nothing written
+        if not isinstance(e.code, str):
+            raise
+        print(e.code, file=sys.stderr)
+        return 2
     print(f"recorded {args.run_dir} in {out}")
 
 

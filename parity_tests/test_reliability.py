@@ -294,3 +294,14 @@ def test_resume_refuses_a_newer_or_unreadable_config(old_run, tmp_path, config, 
     (out / "config.json").write_text(config)
     line = usage_error("train", "--data", "synthetic", "--no-progress", "--out", out, "--resume")
     assert f"--resume: {out}/{expected}" in line and len(line) <= 200, line
+
+
+def test_resume_refuses_an_unreadable_stop_record(old_run, tmp_path):
+    import shutil
+
+    out = tmp_path / "run"
+    shutil.copytree(old_run, out)
+    (out / "stopped.json").write_text("{not json")
+    line = usage_error("train", "--data", "synthetic", "--no-progress", "--out", out, "--resume")
+    assert line.endswith(f"--resume: {out}/stopped.json: expected the record of a stopped run, got an unreadable "
+                         "file (JSONDecodeError)") and len(line) <= 200, line

@@ -108,3 +108,14 @@ def test_record_run_reads_the_figures_from_the_runs_files(tmp_path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(SystemExit, match="expected a finished run in .*empty, got no config.json, metrics.jsonl"):
         record_run.record(tmp_path / "empty", "x", "g", "c", results=tmp_path / "results")
+
+
+def test_record_run_refuses_in_one_line_with_exit_2(tmp_path, capsys):
+    """The command line: a name that already has a record is bad input (exit 2, one line), and nothing changes."""
+    _fake_run(tmp_path / "run", ema=False)
+    held = ROOT / "benchmarks" / "results" / "runs" / "muon-s4" / "run.json"
+    before = held.read_bytes()
+    assert record_run.main([str(tmp_path / "run"), "--name", "muon-s4", "--group", "g", "--command", "c"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "already records" in err[0] and "--overwrite to replace it" in err[0], err
+    assert held.read_bytes() == before
