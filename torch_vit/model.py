@@ -30,7 +30,7 @@ class Embedding(nn.Module):
 
 
 class MhSelfAttention(nn.Module):
-    """Attention between channels: softmax(q @ k^T * scale, dim=-2) @ v, per head (the seed's)."""
+    """Attention between channels: softmax(q @ k^T * scale, dim=-2) @ v, per head (the seed's maths)."""
 
     def __init__(self, in_channels, out_channels=512, head_channels=8):
         super().__init__()
@@ -47,17 +47,31 @@ class MhSelfAttention(nn.Module):
         self.unify_heads = nn.Conv2d(out_channels, out_channels, 1)
 
     def forward(self, x):
+        """Every head at once, on (B, N, C) views of the channels-last k, q, v: one (C, C) product of all channel
+        pairs, whose (hc, hc) diagonal blocks are the heads' q @ k^T (the seed's per-head ``attend``), the pairs of
+        two different heads masked to -inf, so that the softmax gives them exactly 0 and each head's columns sum
+        to one over its own query channels. The same maths as the seed's per-head form, which views k, q, v as
+        (B, heads, hc, N): for channels-last maps those views make torch copy every operand of its batched
+        products, where these (B, N, C) views are free (benchmarks/train_throughput.py measures the step)."""
         b, _, h, w = x.shape
-        keys = self.k(x).view(b, self.heads, self.head_channels, -1)  # (B, heads, hc, N)
-        queries = self.q(x).view(b, self.heads, self.head_channels, -1)
-        values = self.v(x).view(b, self.heads, self.head_channels, -1)
+        keys = tokens(self.k(x))  # (B, N, C)
+        queries = tokens(self.q(x))
+        values = tokens(self.v(x))
 
-        attend = queries @ keys.transpose(-2, -1) * self.scale  # (B, heads, hc, hc)
-        attention = F.softmax(attend, dim=-2)  # softmax along the query channels
+        head = torch.arange(keys.shape[-1], device=x.device) // self.head_channels  # the head of each channel
+        attend = queries.transpose(1, 2) @ keys * self.scale  # (B, C, C): query channel i, key channel j
+        attend = attend.masked_fill(head[:, None] != head[None, :], float("-inf"))  # only pairs within a head
+        attention = F.softmax(attend, dim=-2)  # softmax along the query channels (of each head)
 
-        out = attention @ values  # (B, heads, hc, N)
-        out = out.view(b, -1, h, w)  # (B, out_channels, H, W)
+        out = values @ attention.transpose(1, 2)  # (B, N, C): out[..., i] = sum_j attention[i, j] values[..., j]
+        out = out.view(b, h, w, -1).permute(0, 3, 1, 2)  # (B, out_channels, H, W), channels-last
         return self.unify_heads(out)
+
+
+def tokens(x):
+    """(B, C, H, W) -> (B, N, C), N = H * W: a view when x is channels-last (a copy otherwise)."""
+    b, c = x.shape[:2]
+    return x.permute(0, 2, 3, 1).reshape(b, -1, c)
 
 
 class FeedForward(nn.Module):
