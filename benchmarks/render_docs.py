@@ -340,7 +340,9 @@ def render_train_candidates(results):
     rows = []
     for name, base, label in (("step_compile", "step", "`torch.compile` of the model, float32"),
                               ("step_amp_compile", "step_amp", "`torch.compile` of the model, `--amp`"),
-                              ("step_amp_foreach", "step_amp", "AdamW with `foreach=True`, `--amp`")):
+                              ("step_amp_foreach", "step_amp", "AdamW with `foreach=True`, `--amp`"),
+                              ("step_one_thread", "step_amp" if "step_amp" in r else "step",
+                               f"one thread instead of {res['machine']['threads']}, `--amp`")):
         if name in r:
             rows.append([label, f"{r[name]['ratio']:.2f}x", f"{r[base]['ratio']:.2f}x",
                          f"{compile_s[name]:.0f} s" if name in compile_s else ""])

@@ -22,6 +22,7 @@ Contenders, at the recipe's batch size (--batch to change it), on the same augme
 and, with --candidates, changes that were measured and not kept:
   step_compile, step_amp_compile   the step with torch.compile of the model (its compile time beside)
   step_amp_foreach                 the --amp step with AdamW in foreach form (one op over all tensors)
+  step_one_thread                  the --amp step (float32 without bfloat16) on one thread, the rest on all
 and evaluation of 1,024 test images in batches of the recipe's test batch size, against the reference's:
   eval, eval_amp  torch_vit.train.predict, float32 and with --amp
 
@@ -184,6 +185,17 @@ def main(argv=None):
             for group in run.opt.param_groups:
                 group["foreach"] = True
             train["step_amp_foreach"] = cycling(lambda xb, yb, run=run: run.step(xb, yb, lr))
+        if device.type == "cpu" and torch.get_num_threads() > 1:  # does the step use the other cores?
+            run = backends["step_amp" if "step_amp" in backends else "step"]
+            threads = torch.get_num_threads()
+
+            def one_thread(xb, yb, run=run):
+                torch.set_num_threads(1)
+                try:
+                    run.step(xb, yb, lr)
+                finally:
+                    torch.set_num_threads(threads)
+            train["step_one_thread"] = cycling(one_thread)
     numpy_block = {}
     if device.type == "cpu" and not args.no_numpy:  # in a block of its own, against the same reference
         numpy_run = NumpyBackend(make_config(args.recipe, batch_size=B, backend="numpy"), device)
