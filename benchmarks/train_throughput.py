@@ -48,20 +48,15 @@ from record_run import cpu_name  # noqa: E402
 from seed_model import seed_vit  # noqa: E402
 from torch_vit.augment import normalize  # noqa: E402
 from torch_vit.data import make_synthetic  # noqa: E402
-from torch_vit.train import (NumpyBackend, TorchBackend, augmenter, bf16_supported, make_config, muon_names,  # noqa: E402
-                             muon_step, predict, torch_muon)
+from torch_vit.train import (NumpyBackend, TorchBackend, augmenter, bf16_supported, make_config,  # noqa: E402
+                             muon_step, predict, torch_optimizers)
 
 
 def seed_step(model, cfg):
     """The plain seed model's training step with ``cfg``'s optimiser set up as convvit train does (AdamW; or
     torch.optim.Muon for the blocks' 1x1-conv weights and AdamW for the rest): forward, cross-entropy, backward,
     clip, the optimiser steps."""
-    params = list(model.named_parameters())
-    muon, views = None, []
-    if cfg.optimizer == "muon":
-        muon, views = torch_muon(model, cfg.lr, cfg.weight_decay, cfg.muon_momentum)
-        params = [(n, p) for n, p in params if n not in muon_names(model)]
-    opt = torch.optim.AdamW([p for _, p in params], lr=cfg.lr, betas=cfg.betas, weight_decay=cfg.weight_decay)
+    opt, muon, views = torch_optimizers(model, cfg)  # the seed model has torch_vit's parameter names
 
     def step(xb, yb):
         loss = F.cross_entropy(model(xb), yb)

@@ -304,18 +304,15 @@ def _guard_out(out, held, overwrite):
                          "--overwrite replaces them")
 
 
-def _held(out, names):
-    return [f for f in names if os.path.exists(os.path.join(out, f))]
-
-
 REPORT_FILES = ("report.json", "confusion.png")  # what convvit evaluate (and train's end) write
 
 
 def evaluate_command(args):
     from .report import write_report
+    from .train import files_in
 
     out = args.out or _beside_checkpoint(args.checkpoint, "")
-    _guard_out(out, _held(out, REPORT_FILES), args.overwrite)
+    _guard_out(out, files_in(out, REPORT_FILES), args.overwrite)
     try:
         model, cfg, data = _load_for_inspection(args)
     except ValueError as e:
@@ -400,10 +397,11 @@ def gradcam_command(args):
 
 def attention_command(args):
     from .explain import attention
+    from .train import files_in
 
     out = args.out or _beside_checkpoint(args.checkpoint, "attention")
     # the image's matrices; positional.png, a picture of the weights alone, is drawn again by every run
-    _guard_out(out, _held(out, [f"attention_{args.index}.png"]), args.overwrite)
+    _guard_out(out, files_in(out, [f"attention_{args.index}.png"]), args.overwrite)
     try:
         model, cfg, data = _load_for_inspection(args, samples=True)
         attention(model, data, cfg, out, args.index)

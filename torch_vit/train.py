@@ -212,6 +212,25 @@ def torch_muon(model, lr, weight_decay, momentum):
     return muon, views
 
 
+def torch_optimizers(model, cfg):
+    """(AdamW, Muon or None, Muon's views) for the parameters of a model with torch_vit's names, as ``cfg`` sets
+    them: with --optimizer muon, Muon takes the ``muon_names`` weights and AdamW the rest; --no-decay puts the
+    kinds it names in a second AdamW group without decay (one group otherwise, as before the setting existed)."""
+    params = list(model.named_parameters())
+    muon, views = None, []
+    if cfg.optimizer == "muon":
+        muon, views = torch_muon(model, cfg.lr, cfg.weight_decay, cfg.muon_momentum)
+        hidden = muon_names(model)
+        params = [(n, p) for n, p in params if n not in hidden]
+    if cfg.no_decay:
+        skip = no_decay_names(model, cfg.no_decay)
+        groups = [{"params": [p for n, p in params if n not in skip]},
+                  {"params": [p for n, p in params if n in skip], "weight_decay": 0.0}]
+    else:
+        groups = [p for _, p in params]
+    return torch.optim.AdamW(groups, lr=cfg.lr, betas=cfg.betas, weight_decay=cfg.weight_decay), muon, views
+
+
 def muon_step(muon, views):
     for p, view in views:
         view.grad = p.grad.view(view.shape)
@@ -279,19 +298,7 @@ class TorchBackend:
             check_amp(device)
         torch.manual_seed(cfg.seed)
         self.model = ViT(**cfg.model_config()).to(device, self.dtype, memory_format=torch.channels_last)
-        params = list(self.model.named_parameters())
-        self.muon, self.muon_views = None, []
-        if cfg.optimizer == "muon":
-            self.muon, self.muon_views = torch_muon(self.model, cfg.lr, cfg.weight_decay, cfg.muon_momentum)
-            hidden = muon_names(self.model)
-            params = [(n, p) for n, p in params if n not in hidden]
-        if cfg.no_decay:  # a second group without decay; one group otherwise, as before the setting existed
-            skip = no_decay_names(self.model, cfg.no_decay)
-            groups = [{"params": [p for n, p in params if n not in skip]},
-                      {"params": [p for n, p in params if n in skip], "weight_decay": 0.0}]
-        else:
-            groups = [p for _, p in params]
-        self.opt = torch.optim.AdamW(groups, lr=cfg.lr, betas=cfg.betas, weight_decay=cfg.weight_decay)
+        self.opt, self.muon, self.muon_views = torch_optimizers(self.model, cfg)
         self.ema_model = copy.deepcopy(self.model) if cfg.ema else None  # the weights' moving average
 
     def step(self, xb, yb, lr, muon_lr=None):
@@ -461,12 +468,17 @@ RUN_FILES = ("checkpoint.pt", "metrics.jsonl", "config.json", "stopped.json", "c
              "report.json")
 
 
+def files_in(out, names):
+    """Those of ``names`` that exist in the folder ``out``, in order."""
+    return [f for f in names if os.path.exists(os.path.join(out, f))]
+
+
 def check_out(out, resume=False, overwrite=False):
     """A one-line ValueError unless ``out`` may take this run: a folder holding a run (checkpoint.pt or
     metrics.jsonl) needs ``resume`` (continue it) or ``overwrite`` (replace it), never both."""
     if resume and overwrite:
         raise ValueError("--resume and --overwrite: expected one of them (continue the run or replace it), got both")
-    held = [f for f in ("checkpoint.pt", "metrics.jsonl") if os.path.exists(os.path.join(out, f))]
+    held = files_in(out, ("checkpoint.pt", "metrics.jsonl"))
     if held and not resume and not overwrite:
         raise ValueError(f"--out {out}: expected a folder without a run, it holds one ({', '.join(held)}); "
                          f"--resume to continue it, --overwrite to replace it")
@@ -475,7 +487,7 @@ def check_out(out, resume=False, overwrite=False):
 def _move_aside(out):
     """Move the run files already in ``out`` into out/.old-<time>-<pid>/ (renames, nothing copied); returns
     that folder, or None when there were none."""
-    old = [f for f in RUN_FILES if os.path.exists(os.path.join(out, f))]
+    old = files_in(out, RUN_FILES)
     if not old:
         return None
     aside = os.path.join(out, f".old-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}")
@@ -668,7 +680,7 @@ def _train(cfg, data, out, resume, device, progress, log, stop_after, caught):
             correct_t += correct_b.to(device)
             seen += len(idx)
             bar.update(len(idx))
-            if wait_at == f"{epoch},{step}":
+            if wait_at and wait_at == f"{epoch},{step}":
                 _wait_for_a_signal(caught, epoch, step)
         bar.close()
         train_time = time.perf_counter() - started
@@ -710,7 +722,7 @@ def _stop(cfg, out, epoch, step, steps, values, kept, record):
     reason = (f"stopped at epoch {epoch}, step {step} of {steps}: loss {loss}, gradient norm {norm}, not finite; "
               f"likely cause: the learning rate (--lr {cfg.lr:g}), lower it; "
               f"{kept or 'no checkpoint of this run was written'}")
-    if record or not any(os.path.exists(os.path.join(out, f)) for f in RUN_FILES if f != STOPPED):
+    if record or not files_in(out, [f for f in RUN_FILES if f != STOPPED]):
         write_json(os.path.join(out, STOPPED), dict(epoch=epoch, step=step, loss=loss, grad_norm=norm, lr=cfg.lr,
                                                     muon_lr=cfg.muon_lr, clip=cfg.clip, reason=reason,
                                                     checkpoint=kept is not None))
