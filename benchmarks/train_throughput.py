@@ -2,8 +2,8 @@
 
 The reference is ``benchmarks/seed_model.py``: the seed's model re-typed (NCHW memory, eager, its
 ``transpose(1, -1)`` LayerNorm), stepped with the same optimiser as the step it is compared with (the recipe's:
-AdamW, or Muon and AdamW as convvit train sets them up; ``seed_step_adamw`` for the AdamW contenders of a Muon
-recipe), clip 1.0. Each round times
+AdamW, or Muon and AdamW as convvit train sets them up, Muon being the library's torch.optim.Muon;
+``seed_step_adamw`` for the AdamW contenders of a Muon recipe), clip 1.0. Each round times
 every contender once, one after the other, in a rotating order; a contender's ratio is the median over
 the rounds of (the reference's time in that round) / (its own time in that round), so that the speed of
 the machine, and any load on it, cancels out of the ratio. The absolute images per second (the median
@@ -15,6 +15,9 @@ Contenders, at the recipe's batch size (--batch to change it), on the same augme
   step_amp        the same with --amp (bfloat16 autocast), where the device has bfloat16 instructions
   step_adamw      the same float32 step with AdamW for every weight, when the recipe's optimiser is Muon
   step_amp_adamw  the same with --amp
+  step_torch_muon, step_amp_torch_muon
+                  step and step_amp with torch.optim.Muon, as the reference has it, instead of convvit's
+                  BatchedMuon (the same update, its matrices of one shape orthogonalised together)
   step_numpy      the NumPy backend's step (--backend numpy), float32, on the CPU, timed in rounds of its own
                   with the reference, each followed by a pause: NumPy's BLAS threads spin on after its step and
                   slow whatever torch runs next on the same cores
@@ -54,9 +57,10 @@ from torch_vit.train import (NumpyBackend, TorchBackend, augmenter, bf16_support
 
 def seed_step(model, cfg):
     """The plain seed model's training step with ``cfg``'s optimiser set up as convvit train does (AdamW; or
-    torch.optim.Muon for the blocks' 1x1-conv weights and AdamW for the rest): forward, cross-entropy, backward,
-    clip, the optimiser steps."""
-    opt, muon, views = torch_optimizers(model, cfg)  # the seed model has torch_vit's parameter names
+    Muon for the blocks' 1x1-conv weights and AdamW for the rest), but with the library's torch.optim.Muon:
+    forward, cross-entropy, backward, clip, the optimiser steps."""
+    # the seed model has torch_vit's parameter names
+    opt, muon, views = torch_optimizers(model, cfg, muon=getattr(torch.optim, "Muon", None))
 
     def step(xb, yb):
         loss = F.cross_entropy(model(xb), yb)
@@ -159,6 +163,11 @@ def main(argv=None):
     for name, c in runs.items():
         backends[name] = TorchBackend(c, device)
         train[name] = cycling(lambda xb, yb, run=backends[name]: run.step(xb, yb, lr))
+    if cfg.optimizer == "muon":  # the same steps with the library's Muon, as the reference has it
+        for name in [n for n in ("step", "step_amp") if n in runs]:
+            run = TorchBackend(runs[name], device)
+            run.opt, run.muon, run.muon_views = torch_optimizers(run.model, runs[name], muon=torch.optim.Muon)
+            train[f"{name}_torch_muon"] = cycling(lambda xb, yb, run=run: run.step(xb, yb, lr))
     compile_s = {}
     if args.candidates:
         from torch._inductor import config as inductor_config

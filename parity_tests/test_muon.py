@@ -17,6 +17,7 @@ from conftest import QUIET, TINY, usage_error
 
 from torch_vit import data as data_mod
 from torch_vit.model import ViT
+from torch_vit.optim import BatchedMuon
 from numpy_vit.optim import Muon, zeropower_via_newtonschulz
 from torch_vit.train import NumpyBackend, TorchBackend, make_config, muon_names, train
 from torch_vit.trajectory import newton_schulz_in_weights_dtype
@@ -72,6 +73,47 @@ def test_one_step_is_muon_on_the_matrices_and_adamw_on_the_rest(muon):
     for n, p in ref.named_parameters():
         assert torch.allclose(got[n], p, rtol=1e-5, atol=1e-7), n
         assert not torch.allclose(p, initial[n]), n  # every parameter moved: the comparison is not of the start
+
+
+def _muon_pair(settings, dtype, seed=0):
+    """(BatchedMuon, torch.optim.Muon, their params) from the same start: matrices of four shapes, two of most."""
+    g = torch.Generator().manual_seed(seed)
+    shapes = [(32, 32), (128, 32), (32, 128), (32, 32), (128, 32), (5, 3)]
+    start = [torch.randn(s, generator=g, dtype=dtype) for s in shapes]
+    a, b = ([torch.nn.Parameter(w.clone()) for w in start] for _ in range(2))
+    return BatchedMuon(a, **settings), torch.optim.Muon(b, **settings), a, b, start
+
+
+@pytest.mark.parity
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("settings", [dict(lr=0.02, weight_decay=0.07, adjust_lr_fn="match_rms_adamw"),
+                                      dict(lr=0.05, momentum=0.5, nesterov=False),
+                                      dict(lr=0.01, ns_steps=3, adjust_lr_fn="spectral_unclamped")])
+def test_batched_muon_is_torch_muon(settings, dtype):
+    """BatchedMuon (convvit train's Muon) against torch.optim.Muon, four steps on the same gradients, of
+    matrices square, tall, wide, two of a shape and one alone: the same weights (to 1e-6 of the steps' size;
+    measured: equal), and a state dict that either loads and continues from."""
+    batched, torch_muon, a, b, start = _muon_pair(settings, dtype)
+    g = torch.Generator().manual_seed(1)
+    for step in range(4):
+        grads = [torch.randn(w.shape, generator=g, dtype=dtype) for w in start]
+        for p, q, grad in zip(a, b, grads):
+            p.grad, q.grad = grad.clone(), grad.clone()
+        if step == 2:  # swap states: each continues from the other's
+            state_a, state_b = copy.deepcopy(batched.state_dict()), copy.deepcopy(torch_muon.state_dict())
+            batched.load_state_dict(state_b)
+            torch_muon.load_state_dict(state_a)
+        batched.step()
+        torch_muon.step()
+    for p, q, w in zip(a, b, start):
+        moved = (q - w).abs().max()
+        assert moved > 0
+        assert (p - q).abs().max() <= 1e-6 * moved, p.shape
+
+
+def test_the_training_step_uses_batched_muon():
+    cfg = make_config("default", **TINY, optimizer="muon")
+    assert type(TorchBackend(cfg, torch.device("cpu")).muon) is BatchedMuon
 
 
 @pytest.mark.parity

@@ -199,27 +199,32 @@ def muon_names(model):
             if name.startswith("transformer.") and p.ndim == 4 and p.shape[2:] == (1, 1)}
 
 
-def torch_muon(model, lr, weight_decay, momentum):
-    """torch.optim.Muon for the ``muon_names`` weights of a torch_vit ``model``, and [(weight, view)]: Muon
-    takes 2D parameters, so it gets (out, in) views sharing each 1x1 conv weight's storage (its in-place
-    update is the conv's); ``muon_step`` sets their grads from the conv's before each step."""
+def torch_muon(model, lr, weight_decay, momentum, muon=None):
+    """Muon for the ``muon_names`` weights of a torch_vit ``model``, and [(weight, view)]: Muon takes 2D
+    parameters, so it gets (out, in) views sharing each 1x1 conv weight's storage (its in-place update is the
+    conv's); ``muon_step`` sets their grads from the conv's before each step. ``muon``: the class, by default
+    torch_vit.optim.BatchedMuon (torch.optim.Muon's update, the matrices of one shape orthogonalised together);
+    torch.optim.Muon itself takes the same arguments and state."""
     if not hasattr(torch.optim, "Muon"):
         raise ValueError(f"--optimizer muon: expected torch >= 2.9 (torch.optim.Muon), got {torch.__version__}")
+    from .optim import BatchedMuon  # subclasses torch.optim.Muon, so only after the check above
+
     hidden = muon_names(model)
     views = [(p, torch.nn.Parameter(p.data.view(p.shape[0], -1))) for n, p in model.named_parameters() if n in hidden]
-    muon = torch.optim.Muon([v for _, v in views], lr=lr, weight_decay=weight_decay, momentum=momentum,
-                            adjust_lr_fn="match_rms_adamw")  # so AdamW's lr and decay carry over
+    muon = (muon or BatchedMuon)([v for _, v in views], lr=lr, weight_decay=weight_decay, momentum=momentum,
+                                 adjust_lr_fn="match_rms_adamw")  # so AdamW's lr and decay carry over
     return muon, views
 
 
-def torch_optimizers(model, cfg):
+def torch_optimizers(model, cfg, muon=None):
     """(AdamW, Muon or None, Muon's views) for the parameters of a model with torch_vit's names, as ``cfg`` sets
-    them: with --optimizer muon, Muon takes the ``muon_names`` weights and AdamW the rest; --no-decay puts the
-    kinds it names in a second AdamW group without decay (one group otherwise, as before the setting existed)."""
+    them: with --optimizer muon, Muon (of class ``muon``, see ``torch_muon``) takes the ``muon_names`` weights and
+    AdamW the rest; --no-decay puts the kinds it names in a second AdamW group without decay (one group
+    otherwise, as before the setting existed)."""
     params = list(model.named_parameters())
-    muon, views = None, []
+    opt_muon, views = None, []
     if cfg.optimizer == "muon":
-        muon, views = torch_muon(model, cfg.lr, cfg.weight_decay, cfg.muon_momentum)
+        opt_muon, views = torch_muon(model, cfg.lr, cfg.weight_decay, cfg.muon_momentum, muon)
         hidden = muon_names(model)
         params = [(n, p) for n, p in params if n not in hidden]
     if cfg.no_decay:
@@ -228,7 +233,7 @@ def torch_optimizers(model, cfg):
                   {"params": [p for n, p in params if n in skip], "weight_decay": 0.0}]
     else:
         groups = [p for _, p in params]
-    return torch.optim.AdamW(groups, lr=cfg.lr, betas=cfg.betas, weight_decay=cfg.weight_decay), muon, views
+    return torch.optim.AdamW(groups, lr=cfg.lr, betas=cfg.betas, weight_decay=cfg.weight_decay), opt_muon, views
 
 
 def muon_step(muon, views):
