@@ -148,19 +148,32 @@ _NR = (-1.26551223, 1.00002368, 0.37409196, 0.09678418, -0.18628806, 0.27886807,
        1.48851587, -0.82215223, 0.17087277)
 
 
-def _erfc_single(x):
-    """erfc of every element of x to single precision, without slicing (see erfc_single)."""
-    z = np.abs(x)
-    t = 1.0 / (1.0 + 0.5 * z)
-    poly = _NR[9] * t
+def _erfc_single(x, out=None, work=None):
+    """erfc of every element of x to single precision, without slicing (see erfc_single).
+
+    out: an array like x for the result; work: two more like it for the temporaries. With both given, nothing
+    is allocated: a fresh temporary per step would cost more than its arithmetic (glibc hands memory of a
+    cache-sized slice back to the system when it is freed, and the next one faults its pages in again)."""
+    out = np.empty_like(x) if out is None else out
+    t, w = (np.empty_like(x), np.empty_like(x)) if work is None else work
+    np.abs(x, out=t)
+    t *= 0.5
+    t += 1.0
+    np.reciprocal(t, out=t)  # t = 1 / (1 + z / 2), z = |x|
+    poly = np.multiply(t, _NR[9], out=out)
     for c in _NR[8:0:-1]:
         poly += c
         poly *= t
     poly += _NR[0]
-    poly -= z * z
-    r = np.exp(poly)
+    poly -= np.multiply(x, x, out=w)  # - z^2
+    r = np.exp(poly, out=out)
     r *= t  # erfc(|x|)
-    return r + (x < 0) * (2.0 - 2.0 * r)  # erfc(-z) = 2 - erfc(z), without a branch per element
+    # erfc(-z) = 2 - erfc(z), without a branch per element: r + (x < 0) (2 - 2 r)
+    np.multiply(r, -2.0, out=t)
+    t += 2.0
+    t *= np.less(x, 0, out=w)
+    r += t
+    return r
 
 
 def erfc_single(x):

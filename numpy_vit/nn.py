@@ -279,10 +279,29 @@ _SQRT_2_OVER_PI = math.sqrt(2.0 / math.pi)
 _KAPPA = 0.044715
 
 
-def _slices(x):
-    """Slices along axis 0 of about erf.SLICE elements each, so that elementwise work stays in cache."""
-    step = max(1, SLICE // max(1, x[0].size))
-    return [slice(i, i + step) for i in range(0, len(x), step)]
+def _in_layout(a, like):
+    """a, or a copy of it with like's strides: two arrays of one layout flatten to 1-D views in the same order."""
+    if a.strides == like.strides:
+        return a
+    out = np.empty_like(like)
+    out[...] = a
+    return out
+
+
+def _flat(*arrays):
+    """1-D views, in memory order, of dense arrays of one layout (e.g. channels-last maps), no copy."""
+    return [a.ravel(order="K") for a in arrays]
+
+
+def _slices(n, dtype):
+    """Slices of a 1-D array of n elements, erf.SLICE each, so that elementwise work stays in the CPU's cache,
+    and ``scratch(s)``: three scratch arrays of slice s's length, allocated once for all the slices."""
+    buffers = [np.empty(min(n, SLICE), dtype) for _ in range(3)]
+
+    def scratch(s):
+        size = len(range(n)[s])
+        return [b[:size] for b in buffers]
+    return [slice(i, i + SLICE) for i in range(0, n, SLICE)], scratch
 
 
 class GELU(Module):
@@ -291,7 +310,9 @@ class GELU(Module):
 
     Phi(x), the normal CDF: in float64, 0.5 (1 + erf(x / sqrt 2)) with Cody's erf, as torch writes it;
     in float32, 0.5 erfc(-x / sqrt 2) with ``erfc_single``, exact to float32's own precision
-    (numpy_vit/erf.py). The work runs in slices along the batch that stay in the CPU's cache."""
+    (numpy_vit/erf.py). Elementwise, so the work runs on 1-D views of x's memory (a channels-last
+    map as it lies), in slices that stay in the CPU's cache, the float32 forward and the backward
+    in place in scratch arrays allocated once per call (``out=``)."""
 
     def __init__(self, approximate="none"):
         super().__init__()
@@ -299,37 +320,54 @@ class GELU(Module):
             raise ValueError(f"GELU approximate: expected 'none' or 'tanh', got {approximate!r}")
         self.approximate = approximate
 
-    def _gate(self, x):
-        """Phi(x) (approximate='none') or tanh(sqrt(2/pi) (x + 0.044715 x^3)) ('tanh')."""
+    def _gate(self, x, out, work):
+        """Phi(x) (approximate='none') or tanh(sqrt(2/pi) (x + 0.044715 x^3)) ('tanh'), into out."""
         if self.approximate == "none":
             if x.dtype == np.float32:
-                return 0.5 * _erfc_single(x * np.float32(-_SQRT1_2))
-            return 0.5 * (1.0 + _erf(x * _SQRT1_2))
-        return np.tanh(_SQRT_2_OVER_PI * (x + _KAPPA * (x * x * x)))
+                u = np.multiply(x, np.float32(-_SQRT1_2), out=work[0])  # -x / sqrt 2
+                gate = _erfc_single(u, out=out, work=work[1:])
+                gate *= 0.5  # Phi(x) = 0.5 erfc(-x / sqrt 2)
+                return gate
+            out[...] = 0.5 * (1.0 + _erf(x * _SQRT1_2))
+            return out
+        out[...] = np.tanh(_SQRT_2_OVER_PI * (x + _KAPPA * (x * x * x)))
+        return out
 
     def forward(self, x):
-        out, gate = np.empty_like(x), np.empty_like(x)
-        for s in _slices(x):
-            gate[s] = self._gate(x[s])
+        out = np.empty_like(x)  # in x's layout
+        x = _in_layout(x, out)  # x itself unless it is not dense
+        gate = np.empty_like(out)
+        xf, gf, of = _flat(x, gate, out)
+        slices, scratch = _slices(xf.size, x.dtype)
+        for s in slices:
+            self._gate(xf[s], gf[s], scratch(s))
             if self.approximate == "none":
-                np.multiply(x[s], gate[s], out=out[s])  # x Phi(x)
+                np.multiply(xf[s], gf[s], out=of[s])  # x Phi(x)
             else:
-                out[s] = 0.5 * x[s] * (1.0 + gate[s])
+                of[s] = 0.5 * xf[s] * (1.0 + gf[s])
         self._cache = (x, gate)
         return out
 
     def backward(self, dout):
         x, gate = self._saved()
         dx = np.empty_like(x)
-        for s in _slices(x):
-            xs, gs = x[s], gate[s]
+        xf, gf, df, dxf = _flat(x, gate, _in_layout(dout, x), dx)
+        slices, scratch = _slices(xf.size, x.dtype)
+        for s in slices:
+            xs, gs = xf[s], gf[s]
             if self.approximate == "none":
-                pdf = np.exp(-0.5 * xs * xs) * _INV_SQRT_2PI  # phi(x)
-                dx[s] = dout[s] * (gs + xs * pdf)  # d/dx x Phi(x) = Phi(x) + x phi(x)
+                pdf = scratch(s)[0]
+                np.multiply(xs, -0.5, out=pdf)
+                pdf *= xs
+                np.exp(pdf, out=pdf)
+                pdf *= _INV_SQRT_2PI  # phi(x) = exp(-x^2 / 2) / sqrt(2 pi)
+                pdf *= xs
+                pdf += gs
+                np.multiply(df[s], pdf, out=dxf[s])  # d/dx x Phi(x) = Phi(x) + x phi(x)
             else:
                 # t = tanh(u), u = sqrt(2/pi) (x + k x^3), du/dx = sqrt(2/pi) (1 + 3 k x^2)
                 du = _SQRT_2_OVER_PI * (1.0 + 3.0 * _KAPPA * xs * xs)
-                dx[s] = dout[s] * (0.5 * (1.0 + gs) + 0.5 * xs * (1.0 - gs * gs) * du)
+                dxf[s] = df[s] * (0.5 * (1.0 + gs) + 0.5 * xs * (1.0 - gs * gs) * du)
         return dx
 
 
