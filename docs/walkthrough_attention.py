@@ -19,7 +19,10 @@
 # This follows one `MhSelfAttention` of the bundled trained model on one sample image, step by
 # step, next to [attention.md](attention.md), which derives every formula used here. You know token
 # attention (softmax(Q K^T / sqrt(d)) V over N tokens); this one attends **channel to channel**:
-# per head, an hc x hc matrix computed from the whole image.
+# per head, an hc x hc matrix computed from the whole image. That per-head view is the maths, and
+# what this walkthrough computes step by step; the module's code runs every head at once, as one
+# C x C matrix whose pairs of channels of two different heads are masked ("All heads at once: what
+# the code runs" shows the two agree).
 #
 # Run it as a script, `python docs/walkthrough_attention.py` (figures go to a temporary folder
 # whose path is printed), or as a notebook: `pip install -e ".[notebook]"`, then
@@ -234,6 +237,14 @@ def heads_of(t):
     return t.reshape(B, heads, hc, N)  # (B, C, N) -> (B, heads, hc, N)
 
 
+def per_head(module):
+    """What an MhSelfAttention cached, in this walkthrough's per-head form: its keys, queries, values are
+    (B, N, C) token views -> (B, heads, hc, N); its 4th entry is already each head's (hc, hc) block of A."""
+    keys, queries, values, attention, _, _ = module._saved()
+    b = keys.shape[0]
+    return [t.swapaxes(1, 2).reshape(b, heads, hc, -1) for t in (keys, queries, values)] + [attention]
+
+
 x_ln, xhat, r = layer_norm(x_block)  # (B, C, H, W)
 xs = x_ln.reshape(B, C, N)  # (B, C, N)
 k = heads_of(conv1x1("k", xs))  # (B, heads, hc, N)
@@ -248,7 +259,7 @@ y = conv1x1("unify_heads", out.reshape(B, C, N)).reshape(B, C, H, Wd)  # (B, C, 
 # the library's own forward of the same block (PreNormChannels: lnorm, then MhSelfAttention), and what
 # MhSelfAttention cached for its backward
 y_lib = pre.forward(x_block)
-k_lib, q_lib, v_lib, A_lib, _ = att._saved()
+k_lib, q_lib, v_lib, A_lib = per_head(att)
 x_ln_lib = pre.lnorm.forward(x_block)  # the LayerNorm alone (same input: its cache is unchanged)
 for name, mine, ref in (("x_ln", x_ln, x_ln_lib), ("k", k, k_lib), ("q", q, q_lib), ("v", v, v_lib),
                         ("attention", A, A_lib), ("y (output)", y, y_lib)):
@@ -307,6 +318,38 @@ if HAVE_TORCH:
                           ("dP", dP, Pt), ("dq", dq, qt), ("dk", dk, kt), ("dv", dv, vt), ("dx_ln", dx_ln, x_ln_t),
                           ("dx (attn branch)", dx_block, xt)):
         cmp(name, mine, t.grad, "torch")
+
+# %% [markdown]
+# ## All heads at once: what the code runs
+#
+# `MhSelfAttention.forward` (numpy_vit and torch_vit alike) does not split k, q, v into heads. It
+# takes them as (B, N, C) token views of its channels-last 1x1 convs (free, where the per-head
+# (B, heads, hc, N) views above would copy), and forms every pair of channels at once:
+# `attend = queries.swapaxes(1, 2) @ keys * self.scale`, (B, C, C). Its (hc, hc) diagonal blocks are
+# the heads' S; every other entry pairs two channels of different heads, and is set to -inf, so the
+# column softmax gives it exactly 0 and each column sums to one over its own head. Then
+# `out = values @ attention.swapaxes(1, 2)` is the per-head A v (transposed: (B, N, C)). In the
+# backward, the masked entries' dS is exactly 0 too (dS = A * (...) and A is 0 there), so dq and dk
+# are the per-head ones. Below, the module's cached (C, C) attention against the per-head A, and its
+# dattend, from the module's own lines, against dP.
+
+# %%
+keys_c, queries_c, values_c, _, attention_c, _ = att._saved()  # (B, N, C) views and the (B, C, C) attention
+head = np.arange(C) // hc  # the head of each channel
+other = head[:, None] != head[None, :]  # (C, C): pairs of two different heads
+S_code = queries_c.swapaxes(1, 2) @ keys_c * scale  # (B, C, C), before the mask
+blocks = lambda t: np.stack([t[:, g * hc:(g + 1) * hc, g * hc:(g + 1) * hc] for g in range(heads)], 1)  # noqa: E731
+cmp("S blocks (code)", S, blocks(S_code), "numpy_vit")  # (B, heads, hc, hc)
+cmp("A blocks (code)", A, blocks(attention_c), "numpy_vit")
+print(f"attention between two heads: {int(other.sum())} entries per image, all exactly 0: "
+      f"{bool((attention_c[:, other] == 0).all())}")
+assert (attention_c[:, other] == 0).all()
+dout_c = dout.reshape(B, C, N).swapaxes(1, 2)  # d out as the code holds it, (B, N, C)
+dattention_c = dout_c.swapaxes(1, 2) @ values_c  # (B, C, C)
+dattend_c = nv.softmax_backward(dattention_c, attention_c, axis=-2) * scale  # the module's dattend
+cmp("dattend blocks", dP, blocks(dattend_c), "numpy_vit")
+print(f"dattend between two heads: all exactly 0: {bool((dattend_c[:, other] == 0).all())}")
+assert (dattend_c[:, other] == 0).all()
 
 # %% [markdown]
 # ## `attend` is S, but `dattend` is dP
@@ -501,7 +544,7 @@ assert abs(knob[0] - math.log(hc)) < 1e-12 and all(b <= a + 1e-12 for a, b in zi
 def saturation(model):
     model.forward(x_images)  # all 10 sample images
     for i, (attn, _) in enumerate(model.transformer.layers):
-        k_, q_, _, A_, _ = attn.fn._saved()
+        k_, q_, _, A_ = per_head(attn.fn)
         S_ = q_ @ k_.swapaxes(-2, -1) * attn.fn.scale
         yield i, float(np.abs(S_).max()), float(column_entropy(A_).mean())
 
@@ -645,7 +688,7 @@ assert right.passed
 
 # %%
 m.forward(x_images)  # all 10 images; each MhSelfAttention caches its attention
-A_all = att._saved()[3]  # (10, heads, hc, hc)
+A_all = att._saved()[3]  # (10, heads, hc, hc): each head's block of the module's (C, C) attention
 predicted = None
 if HAVE_MPL:
     fig, axes = plt.subplots(heads + 1, len(images), figsize=(1.3 * len(images), 1.4 * (heads + 1)))

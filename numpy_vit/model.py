@@ -92,10 +92,18 @@ class Embedding(Module):
 class MhSelfAttention(Module):
     """Multi-head self-attention between channels, built from 1x1 convolutions (the seed's).
 
-    keys, queries, values: 1x1 convs of x, viewed as (B, heads, hc, N).
-    attend = queries @ keys^T * hc**-0.5         (B, heads, hc, hc): channel against channel
-    attention = softmax(attend, axis=-2)         over the query-channel axis: each column sums to 1
-    out = unify_heads((attention @ values) viewed as (B, out_channels, H, W))
+    The seed's maths, per head: keys, queries, values are 1x1 convs of x viewed as (B, heads, hc, N),
+    attend = queries @ keys^T * hc**-0.5 (B, heads, hc, hc), attention = softmax(attend, axis=-2)
+    (over the query channels: each column sums to 1), out = attention @ values, then unify_heads.
+
+    The code, as torch_vit's: every head at once, on (B, N, C) views of the channels-last k, q, v.
+    attend = queries^T @ keys * scale            (B, C, C): every pair of channels; its (hc, hc)
+                                                 diagonal blocks are the heads' attend
+    pairs of two different heads set to -inf     so the softmax gives them exactly 0
+    attention = softmax(attend, axis=-2)         each column sums to 1 over its own head's channels
+    out = values @ attention^T                   (B, N, C), then unify_heads
+    The same numbers as the per-head form, without its copies: per-head views of channels-last maps
+    are not views, (B, N, C) ones are. The masked entries have probability 0, so their gradient is 0.
     """
 
     def __init__(self, in_channels, out_channels=512, head_channels=8, *, dtype=np.float32, rng=None):
@@ -118,36 +126,53 @@ class MhSelfAttention(Module):
     def forward(self, x):
         check_input(x, "MhSelfAttention", self.in_channels, self.dtype)
         b, _, h, w = x.shape
-        keys = self.k(x).reshape(b, self.heads, self.head_channels, -1)  # (B, heads, hc, N)
-        queries = self.q(x).reshape(b, self.heads, self.head_channels, -1)
-        values = self.v(x).reshape(b, self.heads, self.head_channels, -1)
+        keys = tokens(self.k(x))  # (B, N, C)
+        queries = tokens(self.q(x))
+        values = tokens(self.v(x))
 
-        attend = queries @ keys.swapaxes(-2, -1) * self.scale  # (B, heads, hc, hc)
-        attention = softmax(attend, axis=-2)  # softmax along the query channels
+        head = np.arange(keys.shape[-1]) // self.head_channels  # the head of each channel
+        attend = queries.swapaxes(1, 2) @ keys * self.scale  # (B, C, C): query channel i, key channel j
+        np.copyto(attend, -np.inf, where=head[:, None] != head[None, :])  # only pairs within a head
+        attention = softmax(attend, axis=-2)  # softmax along the query channels (of each head)
 
-        out = attention @ values  # (B, heads, hc, N)
-        self._cache = (keys, queries, values, attention, (b, h, w))
-        out = out.reshape(b, -1, h, w)  # (B, out_channels, H, W)
+        out = values @ attention.swapaxes(1, 2)  # (B, N, C): out[..., i] = sum_j attention[i, j] values[..., j]
+        # the 4th entry, each head's (hc, hc) block, is what torch_vit.attention reads
+        self._cache = (keys, queries, values, head_blocks(attention, self.heads), attention, (b, h, w))
+        out = out.reshape(b, h, w, -1).transpose(0, 3, 1, 2)  # (B, out_channels, H, W), channels-last
         return self._remember(self.unify_heads(out))
 
     def backward(self, dout):
         self._check_dout(dout)
-        keys, queries, values, attention, (b, h, w) = self._saved()
-        dout = self.unify_heads.backward(dout)
-        dout = dout.reshape(b, self.heads, self.head_channels, -1)  # (B, heads, hc, N)
+        keys, queries, values, _, attention, (b, h, w) = self._saved()
+        dout = tokens(self.unify_heads.backward(dout))  # (B, N, C)
 
-        dattention = dout @ values.swapaxes(-2, -1)  # (B, heads, hc, hc)
-        dvalues = attention.swapaxes(-2, -1) @ dout  # (B, heads, hc, N)
-        # dL/dP for the unscaled P = q k^T (the forward's attend is S = P * scale): not dL/dS
+        dattention = dout.swapaxes(1, 2) @ values  # (B, C, C)
+        dvalues = dout @ attention  # (B, N, C)
+        # dL/dP for the unscaled P = queries^T keys (the forward's attend is S = P * scale): not dL/dS.
+        # Masked pairs have attention 0, so softmax_backward gives them exactly 0.
         dattend = softmax_backward(dattention, attention, axis=-2) * self.scale
-        dqueries = dattend @ keys  # (B, heads, hc, N)
-        dkeys = dattend.swapaxes(-2, -1) @ queries  # (B, heads, hc, N)
+        dqueries = keys @ dattend.swapaxes(1, 2)  # (B, N, C)
+        dkeys = queries @ dattend  # (B, N, C)
 
-        shape = (b, -1, h, w)
-        dx = self.k.backward(dkeys.reshape(shape))
-        dx += self.q.backward(dqueries.reshape(shape))
-        dx += self.v.backward(dvalues.reshape(shape))
+        shape = (b, h, w, -1)
+        dx = self.k.backward(dkeys.reshape(shape).transpose(0, 3, 1, 2))  # (B, C, H, W), channels-last
+        dx += self.q.backward(dqueries.reshape(shape).transpose(0, 3, 1, 2))
+        dx += self.v.backward(dvalues.reshape(shape).transpose(0, 3, 1, 2))
         return dx
+
+
+def tokens(x):
+    """(B, C, H, W) -> (B, N, C), N = H * W: a view when x is channels-last (a copy otherwise)."""
+    b, c = x.shape[:2]
+    return x.transpose(0, 2, 3, 1).reshape(b, -1, c)
+
+
+def head_blocks(attention, heads):
+    """(B, C, C) -> (B, heads, hc, hc): the diagonal (hc, hc) block of each head, the seed's per-head
+    attention, as a read-only view (no copy)."""
+    b, c, _ = attention.shape
+    blocks = attention.reshape(b, heads, c // heads, heads, c // heads)  # (B, head of i, i, head of j, j)
+    return np.diagonal(blocks, axis1=1, axis2=3).transpose(0, 3, 1, 2)  # (B, heads, hc, hc)
 
 
 class FeedForward(Module):

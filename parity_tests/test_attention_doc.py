@@ -53,6 +53,17 @@ def _swap(a):
     return a.swapaxes(-2, -1)
 
 
+def _per_head(m):
+    """The doc's per-head tensors from the module's cache: k, q, v (B, heads, hc, N) from its (B, N, C) token
+    views, and A (B, heads, hc, hc), the diagonal blocks of its all-heads (B, C, C) attention."""
+    keys, queries, values, attention, _, _ = m._saved()
+    b, n, _ = keys.shape
+
+    def heads(t):
+        return t.swapaxes(1, 2).reshape(b, m.heads, m.head_channels, n)
+    return heads(keys), heads(queries), heads(values), attention
+
+
 @pytest.fixture(scope="module")
 def block():
     """A seed-sized MhSelfAttention (C 32, hc 8, 4 heads) on 2 images of 8x8, forward and backward
@@ -64,7 +75,7 @@ def block():
     dy = rng.standard_normal(y.shape)
     dx = m.backward(dy)
     grads = {k: v.copy() for k, v in m.grads.items()}
-    keys, queries, values, attention, _ = m._saved()
+    keys, queries, values, attention = _per_head(m)
     # d out: the unify_heads conv backward, written out (W^T dy), viewed per head
     wu = m.unify_heads._params["weight"][:, :, 0, 0]
     dout = np.einsum("oc,bon->bcn", wu, dy.reshape(2, 32, -1)).reshape(values.shape)
@@ -83,7 +94,9 @@ def test_doc_states_the_seed_shapes_and_scale():
     assert m.heads == SEED["heads"] and m.head_channels == SEED["hc"]
     assert re.search(r"s = hc\*\*-0\.5 = 0\.3536", text) and abs(m.scale - 0.3536) < 5e-5
     m.forward(np.zeros((3, 32, 16, 16)))
-    k, q, v, A, _ = m._saved()
+    keys, queries, values, _, every_pair, _ = m._saved()  # the code's all-heads form
+    assert keys.shape == queries.shape == values.shape == (3, 256, 32) and every_pair.shape == (3, 32, 32)
+    k, q, v, A = _per_head(m)  # the doc's per-head form
     assert k.shape == q.shape == v.shape == (3, 4, 8, 256) and A.shape == (3, 4, 8, 8)
 
 
@@ -165,7 +178,7 @@ def test_attend_grows_with_N_tiling_multiplies_it_by_four():
 
     def attend(inp):
         m.forward(inp)
-        k, q, *_ = m._saved()
+        k, q, *_ = _per_head(m)
         return q @ _swap(k) * m.scale
 
     np.testing.assert_allclose(attend(np.tile(x, (1, 1, 2, 2))), 4 * attend(x), rtol=1e-12, atol=1e-12)
@@ -181,7 +194,7 @@ def test_seed_model_starts_with_large_attend_and_peaked_columns():
         m.forward(np.random.default_rng(seed).standard_normal((1, 3, 32, 32)))
         biggest = 0.0
         for attn, _ in m.transformer.layers:
-            k, q, _, A, _ = attn.fn._saved()
+            k, q, _, A = _per_head(attn.fn)
             biggest = max(biggest, float(np.abs(q @ _swap(k) * attn.fn.scale).max()))
             assert (entropy(A[0]) < 0.5 * math.log(8)).all()
         assert 20 < biggest < 45
@@ -403,14 +416,16 @@ def _counts(h, w):
     m = nv.ViT((2 * h, 2 * w), 2, 3, 32, 4, 8, dtype=np.float64, rng=0)
     m.forward(np.zeros((1, 3, 2 * h, 2 * w)))
     blocks = [attn.fn for attn, _ in m.transformer.layers]
-    k, q, v, A, _ = blocks[0]._saved()
+    k, q, v, A = _per_head(blocks[0])
     sh = lambda a: a.shape  # noqa: E731
     T = lambda s: s[:-2] + (s[-1], s[-2])  # noqa: E731
     head = lambda s: s[2:]  # noqa: E731  (one head of one image)
     qk1, av1 = _macs(head(sh(q)), T(head(sh(k)))), _macs(head(sh(A)), head(sh(v)))
     both_block = _macs(sh(q)[1:], T(sh(k))[1:]) + _macs(sh(A)[1:], sh(v)[1:])
-    both_all = sum(_macs(b._saved()[1].shape, T(b._saved()[0].shape)) + _macs(b._saved()[3].shape, b._saved()[2].shape)
-                   for b in blocks)
+    both_all = sum(_macs(sh(hq), T(sh(hk))) + _macs(sh(hA), sh(hv)) for hk, hq, hv, hA in map(_per_head, blocks))
+    # the code's products, all heads at once: queries^T @ keys (C, N) @ (N, C), values @ attention^T (N, C) @ (C, C)
+    keys, queries, values, _, every_pair, _ = blocks[0]._saved()
+    code_block = _macs(T(sh(queries))[1:], sh(keys)[1:]) + _macs(sh(values)[1:], T(sh(every_pair))[1:])
     # backward: dA = dout v^T, dv = A^T dout, dq = dP k, dk = dP^T q (dout has v's shape, dP A's)
     back1 = (_macs(head(sh(v)), T(head(sh(v)))) + _macs(T(head(sh(A))), head(sh(v)))
              + _macs(head(sh(A)), head(sh(k))) + _macs(T(head(sh(A))), head(sh(q))))
@@ -427,6 +442,7 @@ def _counts(h, w):
         "A v, one head": av1,
         "both products, one block": both_block,
         "both products, all blocks": both_all,
+        "the code's all-heads products, one block": code_block,
         "backward products, one head": back1,
         "token attention both products, one head": token1,
         "token attention both products, one block": token_block,
@@ -443,6 +459,9 @@ def test_flop_table_formulas_numbers_and_counts():
     ratio = table["token attention both products, one block"][1] / table["both products, one block"][1]
     assert ratio == SEED["N"] / SEED["hc"] == 32  # "the ratio of the two is N / hc = 32"
     assert table["k q v unify_heads convs, one block"][1] == 8 * table["both products, one block"][1]  # "8x more"
+    # "heads = 4 times the per-head count", "half of the convolutions' count"
+    assert table["the code's all-heads products, one block"][1] == SEED["heads"] * table["both products, one block"][1]
+    assert 2 * table["the code's all-heads products, one block"][1] == table["k q v unify_heads convs, one block"][1]
 
 
 def test_cost_is_linear_in_N_for_channel_attention_and_quadratic_for_token_attention():

@@ -83,6 +83,16 @@ def test_attention(dtype, cfg, scale, large, seed):
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("heads, hc", [(4, 1), (1, 8), (16, 2)])
+def test_attention_at_the_edges_of_the_head_mask(dtype, heads, hc):
+    """Both sides mask the pairs of two different heads of their (C, C) product: heads of one channel (every
+    pair but the diagonal masked), one head of every channel (nothing masked), and many small heads."""
+    c = heads * hc
+    part = nv.MhSelfAttention(c, c, hc, dtype=dtype, rng=hc)
+    _check_part(part, tv.MhSelfAttention(c, c, hc), (2, c, 3, 5), 1.0, dtype, seed=heads)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("approximate", ["none", "tanh"])
 @given(cfg=configs(), scale=st.sampled_from([0.1, 1.0, 10.0, 100.0]), seed=st.integers(0, 2**32 - 1))
 def test_feed_forward(dtype, approximate, cfg, scale, seed):

@@ -48,19 +48,28 @@ def _attention_check(b, heads, hc, h, w, c_in, seed):
     att = numpy_vit.MhSelfAttention(c_in, c, hc, dtype=DT, rng=rng)
     x = rng.standard_normal((b, c_in, h, w))
     y = att.forward(x)
-    keys, queries, values, attention, shape = att._cache
+    keys, queries, values, attention, every_pair, shape = att._cache
     assert shape == (b, h, w)
     n = h * w
-    assert attention.shape == (b, heads, hc, hc)
+    assert attention.shape == (b, heads, hc, hc) and every_pair.shape == (b, c, c)
 
-    # the cached k, q, v are the 1x1 convolutions of x, viewed as (B, heads, hc, N)
+    # the cached k, q, v are the 1x1 convolutions of x, as (B, N, C) token views
     for conv, cached in ((att.k, keys), (att.q, queries), (att.v, values)):
-        np.testing.assert_allclose(cached, _conv1x1(conv, x).reshape(b, heads, hc, n), rtol=0, atol=1e-12)
-    # the cached attention is softmax(q k^T / sqrt(hc)) over axis -2, recomputed independently
-    attend = np.einsum("bgin,bgjn->bgij", queries, keys) / np.sqrt(hc)
+        np.testing.assert_allclose(cached, _conv1x1(conv, x).reshape(b, c, n).transpose(0, 2, 1), rtol=0, atol=1e-12)
+
+    def per_head(t):  # (B, N, C) -> (B, heads, hc, N)
+        return t.transpose(0, 2, 1).reshape(b, heads, hc, n)
+    # the cached attention of each head is softmax(q k^T / sqrt(hc)) over axis -2, recomputed independently
+    attend = np.einsum("bgin,bgjn->bgij", per_head(queries), per_head(keys)) / np.sqrt(hc)
     np.testing.assert_allclose(attention, _softmax_cols(attend), rtol=0, atol=1e-12)
+    # it is the diagonal (hc, hc) blocks of the all-heads matrix, whose every other entry (a pair of
+    # channels of two different heads, masked to -inf before the softmax) is exactly 0
+    head = np.arange(c) // hc
+    for g in range(heads):
+        np.testing.assert_array_equal(every_pair[:, g * hc:(g + 1) * hc, g * hc:(g + 1) * hc], attention[:, g])
+    assert (every_pair[:, head[:, None] != head[None, :]] == 0).all()
     # and it is the one the output was made with
-    mixed = np.einsum("bgij,bgjn->bgin", attention, values).reshape(b, c, h, w)
+    mixed = np.einsum("bgij,bgjn->bgin", attention, per_head(values)).reshape(b, c, h, w)
     np.testing.assert_allclose(y, _conv1x1(att.unify_heads, mixed), rtol=0, atol=1e-12)
 
     col_sums = attention.sum(axis=-2)  # (B, heads, hc): sum over the query channel i
@@ -77,6 +86,22 @@ def test_attention_columns_sum_to_one(b, heads, hc, h, w, extra_in, seed):
         # but they spread around it (by 1e-3 or more for weights at their initialisation)
         row_sums = attention.sum(axis=-1)
         assert np.abs(row_sums - 1.0).max() > 1e-8, "attention rows sum to one: softmax over the wrong axis?"
+
+
+def test_attention_heads_of_one_channel_mix_nothing_and_pass_no_gradient_to_q_and_k():
+    """hc = 1: every pair of channels but the diagonal is masked, so each column's softmax has one entry,
+    attention is the identity, out = values, and the masked pairs' gradients (exactly 0) leave q and k none."""
+    rng = np.random.default_rng(1)
+    att = numpy_vit.MhSelfAttention(5, 6, 1, dtype=DT, rng=rng)
+    x = rng.standard_normal((2, 5, 3, 4))
+    y = att.forward(x)
+    every_pair = att._cache[4]
+    np.testing.assert_array_equal(every_pair, np.broadcast_to(np.eye(6), (2, 6, 6)))
+    np.testing.assert_allclose(y, _conv1x1(att.unify_heads, _conv1x1(att.v, x)), rtol=0, atol=1e-12)
+    att.backward(rng.standard_normal(y.shape))
+    for name in ("k.weight", "k.bias", "q.weight", "q.bias"):
+        assert (att.grads[name] == 0).all(), name
+    assert np.abs(att.grads["v.weight"]).max() > 0.1
 
 
 def test_attention_rows_do_not_sum_to_one():
