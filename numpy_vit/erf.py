@@ -159,7 +159,7 @@ def _erfc_single(x, out=None, work=None):
     np.abs(x, out=t)
     t *= 0.5
     t += 1.0
-    np.reciprocal(t, out=t)  # t = 1 / (1 + z / 2), z = |x|
+    np.divide(1.0, t, out=t)  # t = 1 / (1 + z / 2), z = |x|
     poly = np.multiply(t, _NR[9], out=out)
     for c in _NR[8:0:-1]:
         poly += c
