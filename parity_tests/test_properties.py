@@ -6,7 +6,8 @@
 (c) without the positional map every part is equivariant to permutations of the H*W positions,
     and the Embedding, whose pos_embedding is position-dependent, is not;
 (d) the ViT treats the images of a batch independently (forward);
-(e) and so does its backward: image i's input gradient depends on dlogits[i] only.
+(e) and so does its backward: image i's input gradient depends on dlogits[i] only;
+(f) GELU is elementwise whatever the memory layout of its input and upstream gradient.
 """
 
 import numpy as np
@@ -15,7 +16,8 @@ from hypothesis import assume, given
 from hypothesis import strategies as st
 
 import numpy_vit
-from numpy_vit.nn import LayerNorm
+from numpy_vit.erf import SLICE
+from numpy_vit.nn import GELU, LayerNorm
 
 pytestmark = pytest.mark.parity
 
@@ -273,3 +275,34 @@ def test_vit_input_gradient_of_an_image_depends_on_its_own_dlogits_only():
         alone = model.backward(dlogits[i:i + 1].copy())
         np.testing.assert_allclose(dx_full[i:i + 1], alone, rtol=0, atol=1e-13,
                                    err_msg=f"image {i}: input gradient in the batch differs from alone")
+
+
+# ---------------------------------------------------------------------------------------------
+# (f) GELU whatever the layout: it works on 1-D views of the memory, slice by slice
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("approximate", ["none", "tanh"])
+def test_gelu_is_the_same_map_in_every_layout(dtype, approximate):
+    """Channels-last (a conv's output), C order, a strided slice, reversed channels, and an upstream gradient of
+    another layout: bit for bit the values and gradients of the C-ordered computation, over more than one
+    slice of SLICE elements (the last one partial); a dense input's layout is kept."""
+    rng = np.random.default_rng(0)
+    shape = (3, 5, 2 * (SLICE // 40) + 7, 4)  # > 2 * SLICE elements
+    x = (3 * rng.standard_normal(shape)).astype(dtype)
+    dout = rng.standard_normal(shape).astype(dtype)
+    g = GELU(approximate)
+    y_ref, dx_ref = g.forward(x).copy(), g.backward(dout).copy()
+    channels_last = np.ascontiguousarray(x.transpose(0, 2, 3, 1)).transpose(0, 3, 1, 2)
+    wide = np.zeros(shape[:3] + (2 * shape[3],), dtype)
+    wide[..., ::2] = x
+    layouts = {"channels-last": channels_last, "C order": x, "strided slice": wide[..., ::2],
+               "reversed channels": x[:, ::-1].copy()[:, ::-1]}
+    for name, xin in layouts.items():
+        for dname, d in (("C", dout), ("channels-last", np.ascontiguousarray(dout.transpose(0, 2, 3, 1))
+                                        .transpose(0, 3, 1, 2))):
+            y = g.forward(xin)
+            np.testing.assert_array_equal(y, y_ref, err_msg=f"forward, {name}")
+            np.testing.assert_array_equal(g.backward(d), dx_ref, err_msg=f"backward, {name}, dout {dname}")
+            if xin.flags.c_contiguous or xin is channels_last:
+                assert y.strides == xin.strides, name
