@@ -293,15 +293,9 @@ def _flat(*arrays):
     return [a.ravel(order="K") for a in arrays]
 
 
-def _slices(n, dtype):
-    """Slices of a 1-D array of n elements, erf.SLICE each, so that elementwise work stays in the CPU's cache,
-    and ``scratch(s)``: three scratch arrays of slice s's length, allocated once for all the slices."""
-    buffers = [np.empty(min(n, SLICE), dtype) for _ in range(3)]
-
-    def scratch(s):
-        size = len(range(n)[s])
-        return [b[:size] for b in buffers]
-    return [slice(i, i + SLICE) for i in range(0, n, SLICE)], scratch
+def _slices(n):
+    """Slices of a 1-D array of n elements, erf.SLICE each, so that elementwise work stays in the CPU's cache."""
+    return [slice(i, min(i + SLICE, n)) for i in range(0, n, SLICE)]
 
 
 class GELU(Module):
@@ -312,13 +306,22 @@ class GELU(Module):
     in float32, 0.5 erfc(-x / sqrt 2) with ``erfc_single``, exact to float32's own precision
     (numpy_vit/erf.py). Elementwise, so the work runs on 1-D views of x's memory (a channels-last
     map as it lies), in slices that stay in the CPU's cache, the float32 forward and the backward
-    in place in scratch arrays allocated once per call (``out=``)."""
+    in place (``out=``) in three scratch arrays of one slice that the module keeps."""
 
     def __init__(self, approximate="none"):
         super().__init__()
         if approximate not in ("none", "tanh"):
             raise ValueError(f"GELU approximate: expected 'none' or 'tanh', got {approximate!r}")
         self.approximate = approximate
+        self._work = {}  # dtype -> three arrays of SLICE elements, kept between calls
+
+    def _scratch(self, dtype, s):
+        """Three scratch arrays the length of slice s. Kept, not allocated at every call: memory of that size
+        freed and allocated again at every call costs page faults, more than the arithmetic they serve."""
+        work = self._work.get(dtype)
+        if work is None:
+            work = self._work[dtype] = [np.empty(SLICE, dtype) for _ in range(3)]
+        return [w[:s.stop - s.start] for w in work]
 
     def _gate(self, x, out, work):
         """Phi(x) (approximate='none') or tanh(sqrt(2/pi) (x + 0.044715 x^3)) ('tanh'), into out."""
@@ -338,9 +341,8 @@ class GELU(Module):
         x = _in_layout(x, out)  # x itself unless it is not dense
         gate = np.empty_like(out)
         xf, gf, of = _flat(x, gate, out)
-        slices, scratch = _slices(xf.size, x.dtype)
-        for s in slices:
-            self._gate(xf[s], gf[s], scratch(s))
+        for s in _slices(xf.size):
+            self._gate(xf[s], gf[s], self._scratch(x.dtype, s))
             if self.approximate == "none":
                 np.multiply(xf[s], gf[s], out=of[s])  # x Phi(x)
             else:
@@ -352,11 +354,10 @@ class GELU(Module):
         x, gate = self._saved()
         dx = np.empty_like(x)
         xf, gf, df, dxf = _flat(x, gate, _in_layout(dout, x), dx)
-        slices, scratch = _slices(xf.size, x.dtype)
-        for s in slices:
+        for s in _slices(xf.size):
             xs, gs = xf[s], gf[s]
             if self.approximate == "none":
-                pdf = scratch(s)[0]
+                pdf = self._scratch(x.dtype, s)[0]
                 np.multiply(xs, -0.5, out=pdf)
                 pdf *= xs
                 np.exp(pdf, out=pdf)
