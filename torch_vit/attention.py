@@ -47,8 +47,8 @@ def attention_maps(np_model, image):
     """The channel-attention matrix of every head of every block, computed by the NumPy model.
 
     Runs ``np_model.forward`` on the one normalised image (which replaces whatever the model had
-    cached for a backward) and reads each MhSelfAttention's cached ``attention`` (the fourth entry of
-    its ``_cache``: keys, queries, values, attention, (b, h, w)).
+    cached for a backward) and reads each MhSelfAttention's cached per-head attention (the fourth entry of
+    its ``_cache``: keys, queries, values, the heads' (hc, hc) blocks of attention, attention, (b, h, w)).
 
     Returns a list over blocks of float arrays (heads, hc, hc), in the model's dtype:
     ``maps[b][head, i, j]`` = weight of key channel j in query channel i; columns sum to one.
