@@ -353,6 +353,8 @@ def render_train_candidates(results):
     for name, base, label in (("step_compile", "step", "`torch.compile` of the model, float32"),
                               ("step_amp_compile", "step_amp", "`torch.compile` of the model, `--amp`"),
                               ("step_amp_foreach", "step_amp", "AdamW with `foreach=True`, `--amp`"),
+                              ("step_kqv", "step", "k, q and v as one convolution, float32"),
+                              ("step_amp_kqv", "step_amp", "k, q and v as one convolution, `--amp`"),
                               ("step_one_thread", "step_amp" if "step_amp" in r else "step",
                                f"one thread instead of {res['machine']['threads']}, `--amp`")):
         if name in r:

@@ -25,6 +25,8 @@ Contenders, at the recipe's batch size (--batch to change it), on the same augme
 and, with --candidates, changes that were measured and not kept:
   step_compile, step_amp_compile   the step with torch.compile of the model (its compile time beside)
   step_amp_foreach                 the --amp step with AdamW in foreach form (one op over all tensors)
+  step_kqv, step_amp_kqv           the step with k, q and v as one convolution of their concatenated weights
+                                   (``kqv_forward``), float32 and --amp
   step_one_thread                  the --amp step (float32 without bfloat16) on one thread, the rest on all
 and evaluation of 1,024 test images in batches of the recipe's test batch size, against the reference's:
   eval, eval_amp  torch_vit.train.predict, float32 and with --amp
@@ -40,6 +42,7 @@ import os
 import statistics
 import sys
 import time
+import types
 
 import torch
 import torch.nn.functional as F
@@ -51,8 +54,33 @@ from record_run import cpu_name  # noqa: E402
 from seed_model import seed_vit  # noqa: E402
 from torch_vit.augment import normalize  # noqa: E402
 from torch_vit.data import make_synthetic  # noqa: E402
+from torch_vit.model import MhSelfAttention, tokens  # noqa: E402
 from torch_vit.train import (NumpyBackend, TorchBackend, augmenter, bf16_supported, make_config,  # noqa: E402
                              muon_step, predict, torch_optimizers)
+
+
+def kqv_forward(self, x):
+    """MhSelfAttention.forward (torch_vit/model.py) with k, q and v as one 1x1 convolution of their weights
+    concatenated, split into (B, N, C) views: the same maths and parameters, one product instead of three."""
+    b, _, h, w = x.shape
+    weight = torch.cat([self.k.weight, self.q.weight, self.v.weight])  # (3C, in, 1, 1)
+    bias = torch.cat([self.k.bias, self.q.bias, self.v.bias])
+    keys, queries, values = tokens(F.conv2d(x, weight, bias)).chunk(3, dim=-1)  # (B, N, C) each, views
+    head = torch.arange(keys.shape[-1], device=x.device) // self.head_channels
+    attend = queries.transpose(1, 2) @ keys * self.scale
+    attend = attend.masked_fill(head[:, None] != head[None, :], float("-inf"))
+    attention = F.softmax(attend, dim=-2)
+    out = values @ attention.transpose(1, 2)
+    out = out.view(b, h, w, -1).permute(0, 3, 1, 2)
+    return self.unify_heads(out)
+
+
+def with_kqv(run):
+    """``run`` (a TorchBackend) with every MhSelfAttention's forward replaced by ``kqv_forward``."""
+    for module in run.model.modules():
+        if isinstance(module, MhSelfAttention):
+            module.forward = types.MethodType(kqv_forward, module)
+    return run
 
 
 def seed_step(model, cfg):
@@ -189,6 +217,11 @@ def main(argv=None):
             for group in run.opt.param_groups:
                 group["foreach"] = True
             train["step_amp_foreach"] = cycling(lambda xb, yb, run=run: run.step(xb, yb, lr))
+        for name, amp in (("step_kqv", False), ("step_amp_kqv", True)):
+            if amp and not bf16_supported(device):
+                continue
+            run = with_kqv(TorchBackend(make_config(args.recipe, batch_size=B, amp=amp), device))
+            train[name] = cycling(lambda xb, yb, run=run: run.step(xb, yb, lr))
         if device.type == "cpu" and torch.get_num_threads() > 1:  # does the step use the other cores?
             run = backends["step_amp" if "step_amp" in backends else "step"]
             threads = torch.get_num_threads()

@@ -103,3 +103,24 @@ def test_run_overhead_refuses_before_running(tmp_path, capsys):
         err = capsys.readouterr().err.strip().splitlines()
         assert len(err) == 1 and says in err[0], err
     assert held.read_text() == '{"earlier": 1}' and not (tmp_path / "run").exists()
+
+
+def test_kqv_candidate_is_the_same_attention():
+    """train_throughput's candidate of k, q and v as one convolution computes what MhSelfAttention does, and
+    the same gradients for its parameters."""
+    tt = load("train_throughput")
+    from torch_vit.model import MhSelfAttention
+
+    torch.manual_seed(0)
+    att = MhSelfAttention(32, 32, 8).double().to(memory_format=torch.channels_last)
+    x = torch.randn(2, 32, 4, 5, dtype=torch.float64).contiguous(memory_format=torch.channels_last)
+    outs, grads = [], []
+    for forward in (att.forward, tt.kqv_forward.__get__(att)):
+        att.zero_grad()
+        out = forward(x)
+        out.square().sum().backward()
+        outs.append(out.detach())
+        grads.append({n: p.grad.clone() for n, p in att.named_parameters()})
+    torch.testing.assert_close(outs[1], outs[0], rtol=1e-12, atol=1e-12)
+    for name, g in grads[0].items():
+        torch.testing.assert_close(grads[1][name], g, rtol=1e-10, atol=1e-12, msg=name)
