@@ -193,8 +193,7 @@ def main(argv=None):
         train[name] = cycling(lambda xb, yb, run=backends[name]: run.step(xb, yb, lr))
     if cfg.optimizer == "muon":  # the same steps with the library's Muon, as the reference has it
         for name in [n for n in ("step", "step_amp") if n in runs]:
-            run = TorchBackend(runs[name], device)
-            run.opt, run.muon, run.muon_views = torch_optimizers(run.model, runs[name], muon=torch.optim.Muon)
+            run = TorchBackend(runs[name], device, muon=torch.optim.Muon)
             train[f"{name}_torch_muon"] = cycling(lambda xb, yb, run=run: run.step(xb, yb, lr))
     compile_s = {}
     if args.candidates:

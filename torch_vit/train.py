@@ -294,16 +294,16 @@ def check_amp(device):
 
 
 class TorchBackend:
-    """torch_vit in channels_last memory, torch.optim.AdamW (and torch.optim.Muon), clip_grad_norm_, autocast
-    when asked."""
+    """torch_vit in channels_last memory, torch.optim.AdamW (and Muon: BatchedMuon, or the class ``muon``),
+    clip_grad_norm_, autocast when asked."""
 
-    def __init__(self, cfg, device):
+    def __init__(self, cfg, device, muon=None):
         self.cfg, self.device, self.dtype = cfg, device, DTYPES[cfg.dtype][0]
         if cfg.amp:
             check_amp(device)
         torch.manual_seed(cfg.seed)
         self.model = ViT(**cfg.model_config()).to(device, self.dtype, memory_format=torch.channels_last)
-        self.opt, self.muon, self.muon_views = torch_optimizers(self.model, cfg)
+        self.opt, self.muon, self.muon_views = torch_optimizers(self.model, cfg, muon)
         self.ema_model = copy.deepcopy(self.model) if cfg.ema else None  # the weights' moving average
 
     def step(self, xb, yb, lr, muon_lr=None):
