@@ -12,6 +12,8 @@
 #   gpu_train_amp_compile.json    --amp --compile, 24 epochs, if the time allows
 #   smoke.json, gpu_run.log, pytest.log
 # Copy the first three into benchmarks/results/ and commit them.
+# A rehearsal of this script on a machine without a GPU (every step but the CUDA ones, one epoch on the CPU):
+#   GPU_RUN_ARGS="--device cpu --epochs 1" OUT=/tmp/gpu_rehearsal bash benchmarks/gpu_run.sh
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-/tmp/gpu_run}
@@ -20,6 +22,7 @@ exec > >(tee -a "$OUT/gpu_run.log") 2>&1
 export PYTHONUNBUFFERED=1
 TAR=${CIFAR_TAR:-.data/cifar10-jpeg.tar.gz}
 DATA=${DATA_DIR:-/tmp/cifar10-jpeg}
+ARGS=${GPU_RUN_ARGS:-}  # added to every benchmarks/gpu_train.py command below (a rehearsal's --device cpu)
 BUDGET=${BUDGET_S:-480}  # the runs after the first start only while this many seconds are not spent
 start=$(date +%s)
 elapsed() { echo $(( $(date +%s) - start )); }
@@ -44,18 +47,18 @@ timeout 150 python -m pytest -q -p no:cacheprovider parity_tests/test_gpu_train.
 
 say "smoke: synthetic data, 2 epochs, CUDA graph"
 GRAPH=""
-if ! timeout 120 python benchmarks/gpu_train.py --data synthetic --epochs 2 --out "$OUT/smoke.json" --overwrite; then
+if ! timeout 120 python benchmarks/gpu_train.py $ARGS --data synthetic --epochs 2 --out "$OUT/smoke.json" --overwrite; then
   GRAPH="--no-graph"
   say "the graphed smoke run failed: the runs below go without the CUDA graph"
 fi
 
 say "the default recipe, float32, 24 epochs $GRAPH"
-timeout 240 python benchmarks/gpu_train.py $GRAPH --data "imagefolder:$DATA" --out "$OUT/gpu_train.json" --overwrite
+timeout 240 python benchmarks/gpu_train.py $ARGS $GRAPH --data "imagefolder:$DATA" --out "$OUT/gpu_train.json" --overwrite
 say "exit $?"
 
 if [ -z "$GRAPH" ] && [ "$(elapsed)" -lt $(( BUDGET - 150 )) ]; then
   say "one epoch without the CUDA graph (what the graph pays)"
-  timeout 90 python benchmarks/gpu_train.py --no-graph --epochs 1 --data "imagefolder:$DATA" \
+  timeout 90 python benchmarks/gpu_train.py $ARGS --no-graph --epochs 1 --data "imagefolder:$DATA" \
     --out "$OUT/gpu_train_eager_1epoch.json" --overwrite
   say "exit $?"
 fi
@@ -63,7 +66,7 @@ fi
 left=$(( BUDGET - $(elapsed) ))
 if [ "$left" -gt 90 ]; then
   say "--amp --compile, 24 epochs $GRAPH (timeout ${left} s)"
-  timeout "$left" python benchmarks/gpu_train.py $GRAPH --amp --compile --data "imagefolder:$DATA" \
+  timeout "$left" python benchmarks/gpu_train.py $ARGS $GRAPH --amp --compile --data "imagefolder:$DATA" \
     --out "$OUT/gpu_train_amp_compile.json" --overwrite
   say "exit $?"
 else
