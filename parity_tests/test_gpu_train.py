@@ -160,11 +160,17 @@ def test_cuda_refused_in_one_line_without_cuda(tmp_path, capsys):
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason=NO_CUDA)
 def test_cuda_augmentation_and_graph():
-    cfg, data = small(n_train=640, n_test=200, epochs=2)
+    cfg, data = small(n_train=650, n_test=200, epochs=2)  # 10 full batches and a partial one of 10
     device = torch.device("cuda")
     aug = augmenter(cfg)
     draws = gt.epoch_draws(cfg, len(data.train_x), 0, (32, 32))
-    assert gt.augment_matches_cpu(data.train_x.to(device), draws, aug, count=640) == 0.0
+    assert gt.augment_matches_cpu(data.train_x.to(device), draws, aug, count=650) == 0
+    on_device = gt.augment_epoch(data.train_x.to(device), draws, aug).cpu()
+    on_cpu = gt.augment_epoch(data.train_x, draws, aug)
+    # normalize's x / 255 is a product with 1/255 on CUDA, one float32 step from the CPU's quotient for some grey
+    # levels; after (x - mean) / std that is at most 4.8e-7 (every level worked through on the CPU), 2 steps of
+    # values near 2
+    assert float((on_device - on_cpu).abs().max()) <= 1e-6
     graphed = gt.train(cfg, data, device, graph=True, log=lambda *a: None)
     eager = gt.train(cfg, data, device, graph=False, log=lambda *a: None)
     assert graphed["graph"] and not eager["graph"]
