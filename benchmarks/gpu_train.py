@@ -210,7 +210,7 @@ class DeviceLoop:
         if cuda:
             side.wait_stream(torch.cuda.current_stream())
         with torch.cuda.stream(side) if cuda else contextlib.nullcontext():
-            for _ in range(steps):
+            for _ in range(min(steps, self.full)):  # the epoch's full batches, no further
                 self.full_step()
         if cuda:
             torch.cuda.current_stream().wait_stream(side)
