@@ -18,8 +18,8 @@ set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-/tmp/gpu_run}
 mkdir -p "$OUT"
-exec > >(tee -a "$OUT/gpu_run.log") 2>&1
 export PYTHONUNBUFFERED=1
+PY=${PYTHON:-python3}  # the device machine's python3 is the one with torch
 TAR=${CIFAR_TAR:-.data/cifar10-jpeg.tar.gz}
 DATA=${DATA_DIR:-/tmp/cifar10-jpeg}
 ARGS=${GPU_RUN_ARGS:-}  # added to every benchmarks/gpu_train.py command below (a rehearsal's --device cpu)
@@ -28,9 +28,11 @@ start=$(date +%s)
 elapsed() { echo $(( $(date +%s) - start )); }
 say() { echo "[gpu_run $(elapsed) s] $*"; }
 
+{  # everything below also goes to $OUT/gpu_run.log (tee ends before the script does: no lost last lines)
+
 say "machine"
 nvidia-smi -L || true
-python -c "import torch, torchvision; print('torch', torch.__version__, 'torchvision', torchvision.__version__,
+$PY -c "import torch, torchvision; print('torch', torch.__version__, 'torchvision', torchvision.__version__,
 'cuda', torch.version.cuda, torch.cuda.get_device_name() if torch.cuda.is_available() else 'NO CUDA')"
 
 say "data: $TAR -> $DATA"
@@ -40,25 +42,26 @@ mkdir -p "$DATA" && tar xzf "$TAR" -C "$DATA" || exit 2
 say "$(find "$DATA/train" -name '*.jpg' | wc -l) train and $(find "$DATA/test" -name '*.jpg' | wc -l) test images"
 
 say "install (--no-deps)"
-pip install -q --no-deps --no-build-isolation -e . || { say "pip failed: PYTHONPATH instead"; export PYTHONPATH=$PWD; }
+$PY -m pip install -q --no-deps --no-build-isolation -e . || { say "pip failed: PYTHONPATH instead"; export PYTHONPATH=$PWD; }
 
-say "the new tests, CUDA ones included"
-timeout 150 python -m pytest -q -p no:cacheprovider parity_tests/test_gpu_train.py -rs 2>&1 | tee "$OUT/pytest.log"
+say "the tests of this script and the CUDA augmentation, CUDA ones included"
+timeout 150 $PY -m pytest -q -p no:cacheprovider -rs parity_tests/test_gpu_train.py \
+  parity_tests/test_augment.py::test_cuda_matches_cpu 2>&1 | tee "$OUT/pytest.log"
 
 say "smoke: synthetic data, 2 epochs, CUDA graph"
 GRAPH=""
-if ! timeout 120 python benchmarks/gpu_train.py $ARGS --data synthetic --epochs 2 --out "$OUT/smoke.json" --overwrite; then
+if ! timeout 120 $PY benchmarks/gpu_train.py $ARGS --data synthetic --epochs 2 --out "$OUT/smoke.json" --overwrite; then
   GRAPH="--no-graph"
   say "the graphed smoke run failed: the runs below go without the CUDA graph"
 fi
 
 say "the default recipe, float32, 24 epochs $GRAPH"
-timeout 240 python benchmarks/gpu_train.py $ARGS $GRAPH --data "imagefolder:$DATA" --out "$OUT/gpu_train.json" --overwrite
+timeout 240 $PY benchmarks/gpu_train.py $ARGS $GRAPH --data "imagefolder:$DATA" --out "$OUT/gpu_train.json" --overwrite
 say "exit $?"
 
 if [ -z "$GRAPH" ] && [ "$(elapsed)" -lt $(( BUDGET - 150 )) ]; then
   say "one epoch without the CUDA graph (what the graph pays)"
-  timeout 90 python benchmarks/gpu_train.py $ARGS --no-graph --epochs 1 --data "imagefolder:$DATA" \
+  timeout 90 $PY benchmarks/gpu_train.py $ARGS --no-graph --epochs 1 --data "imagefolder:$DATA" \
     --out "$OUT/gpu_train_eager_1epoch.json" --overwrite
   say "exit $?"
 fi
@@ -66,10 +69,11 @@ fi
 left=$(( BUDGET - $(elapsed) ))
 if [ "$left" -gt 90 ]; then
   say "--amp --compile, 24 epochs $GRAPH (timeout ${left} s)"
-  timeout "$left" python benchmarks/gpu_train.py $ARGS $GRAPH --amp --compile --data "imagefolder:$DATA" \
+  timeout "$left" $PY benchmarks/gpu_train.py $ARGS $GRAPH --amp --compile --data "imagefolder:$DATA" \
     --out "$OUT/gpu_train_amp_compile.json" --overwrite
   say "exit $?"
 else
   say "no time left for --amp --compile (${left} s)"
 fi
 say "done; results in $OUT: $(ls "$OUT" | tr '\n' ' ')"
+} 2>&1 | tee -a "$OUT/gpu_run.log"
