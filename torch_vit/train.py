@@ -564,35 +564,8 @@ def _train(cfg, data, out, resume, device, progress, log, stop_after, caught):
     history, start, fresh, remedied, mid = [], 0, True, [], None
     kept = None  # what checkpoint.pt holds of this run, for the line of a stop
     if resume and os.path.exists(ckpt_path):
-        _check_config_version(os.path.join(out, "config.json"))
-        _, ckpt = load_checkpoint(ckpt_path)
-        saved = ckpt.get("train_config", {})
-        mismatched = [k for k, v in dataclasses.asdict(cfg).items() if _plain(saved.get(k, _DEFAULTS[k])) != _plain(v)]
-        stopped = _read_stopped(out)
-        remedied = [k for k in mismatched if k in REMEDIES] if stopped else []
-        mismatched = [k for k in mismatched if k not in remedied]
-        if mismatched:
-            raise ValueError(f"--resume: {ckpt_path} was written with other settings: {', '.join(mismatched)}")
-        run.load(ckpt)
-        history, fresh, mid = list(ckpt["history"]), False, ckpt.get("mid_epoch")
-        if mid is None:  # written at the end of an epoch (every checkpoint before the mid-epoch ones)
-            start, kept = ckpt["epoch"] + 1, f"checkpoint.pt keeps epoch {ckpt['epoch']}"
-            log(f"resuming {out} after epoch {ckpt['epoch']}")
-        else:  # written on an interrupt: continue at its step
-            if mid["images"] != len(data.train_x):
-                raise ValueError(f"--resume: {ckpt_path} stopped in an epoch of {mid['images']} training images, "
-                                 f"got data of {len(data.train_x)}")
-            start, kept = mid["epoch"], f"checkpoint.pt keeps epoch {mid['epoch']} after {mid['step']} steps"
-            log(f"resuming {out} in epoch {mid['epoch']}, after {mid['step']} of {mid['steps']} steps")
-        if stopped and remedied:
-            log(f"this run stopped at epoch {stopped['epoch']}, step {stopped['step']} (loss {stopped['loss']}, "
-                f"gradient norm {stopped['grad_norm']}); resuming with changed "
-                + ", ".join(f"--{k.replace('_', '-')} {_plain(saved.get(k, _DEFAULTS[k]))} -> {_plain(getattr(cfg, k))}"
-                            for k in remedied))
-        elif stopped:
-            log(f"warning: this run stopped at epoch {stopped['epoch']}, step {stopped['step']} (loss "
-                f"{stopped['loss']}, gradient norm {stopped['grad_norm']}) at --lr {cfg.lr:g}; with the same settings "
-                f"it will stop there again: give a lower --lr (or --clip)")
+        history, start, mid, kept, remedied = _resume_from(ckpt_path, cfg, run, out, data, log)
+        fresh = False
     config_text = json.dumps(dict(dataclasses.asdict(cfg), version=CONFIG_VERSION, data_source=data.source, classes=data.classes,
                                   device=str(device), torch=torch.__version__, threads=torch.get_num_threads()),
                              indent=1, default=list) + "\n"
@@ -707,6 +680,43 @@ def _train(cfg, data, out, resume, device, progress, log, stop_after, caught):
         if stop_after is not None and done >= stop_after and epoch + 1 < cfg.epochs:
             break
     return run.torch_model(ema=bool(cfg.ema)), history
+
+
+def _resume_from(ckpt_path, cfg, run, out, data, log):
+    """--resume: checkpoint.pt of the run in ``out`` loaded into ``run``, after checking that it was written with
+    these settings (or with ones a stop's remedy changed) and, when it was written in the middle of an epoch, on data
+    of the same size. Returns (history, the epoch to start at, the mid-epoch state or None, what checkpoint.pt keeps
+    (for the line of a stop), the settings changed as a stop's remedy)."""
+    _check_config_version(os.path.join(out, "config.json"))
+    _, ckpt = load_checkpoint(ckpt_path)
+    saved = ckpt.get("train_config", {})
+    mismatched = [k for k, v in dataclasses.asdict(cfg).items() if _plain(saved.get(k, _DEFAULTS[k])) != _plain(v)]
+    stopped = _read_stopped(out)
+    remedied = [k for k in mismatched if k in REMEDIES] if stopped else []
+    mismatched = [k for k in mismatched if k not in remedied]
+    if mismatched:
+        raise ValueError(f"--resume: {ckpt_path} was written with other settings: {', '.join(mismatched)}")
+    run.load(ckpt)
+    history, mid = list(ckpt["history"]), ckpt.get("mid_epoch")
+    if mid is None:  # written at the end of an epoch (every checkpoint before the mid-epoch ones)
+        start, kept = ckpt["epoch"] + 1, f"checkpoint.pt keeps epoch {ckpt['epoch']}"
+        log(f"resuming {out} after epoch {ckpt['epoch']}")
+    else:  # written on an interrupt: continue at its step
+        if mid["images"] != len(data.train_x):
+            raise ValueError(f"--resume: {ckpt_path} stopped in an epoch of {mid['images']} training images, "
+                             f"got data of {len(data.train_x)}")
+        start, kept = mid["epoch"], f"checkpoint.pt keeps epoch {mid['epoch']} after {mid['step']} steps"
+        log(f"resuming {out} in epoch {mid['epoch']}, after {mid['step']} of {mid['steps']} steps")
+    if stopped and remedied:
+        log(f"this run stopped at epoch {stopped['epoch']}, step {stopped['step']} (loss {stopped['loss']}, "
+            f"gradient norm {stopped['grad_norm']}); resuming with changed "
+            + ", ".join(f"--{k.replace('_', '-')} {_plain(saved.get(k, _DEFAULTS[k]))} -> {_plain(getattr(cfg, k))}"
+                        for k in remedied))
+    elif stopped:
+        log(f"warning: this run stopped at epoch {stopped['epoch']}, step {stopped['step']} (loss "
+            f"{stopped['loss']}, gradient norm {stopped['grad_norm']}) at --lr {cfg.lr:g}; with the same settings "
+            f"it will stop there again: give a lower --lr (or --clip)")
+    return history, start, mid, kept, remedied
 
 
 def _wait_for_a_signal(caught, epoch, step):
