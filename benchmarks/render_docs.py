@@ -355,6 +355,12 @@ def render_train_candidates(results):
                               ("step_amp_foreach", "step_amp", "AdamW with `foreach=True`, `--amp`"),
                               ("step_kqv", "step", "k, q and v as one convolution, float32"),
                               ("step_amp_kqv", "step_amp", "k, q and v as one convolution, `--amp`"),
+                              ("step_linear", "step", "1x1 convolutions as `F.linear` on the (B, H, W, C) view, float32"),
+                              ("step_amp_linear", "step_amp", "1x1 convolutions as `F.linear`, `--amp`"),
+                              ("step_q_grad", "step", "q's gradient made channels-last, float32"),
+                              ("step_amp_q_grad", "step_amp", "q's gradient made channels-last, `--amp`"),
+                              ("step_amp_norm_bf16", "step_amp",
+                               "the attention's normalized input cast to bfloat16 once, `--amp`"),
                               ("step_one_thread", "step_amp" if "step_amp" in r else "step",
                                f"one thread instead of {res['machine']['threads']}, `--amp`")):
         if name in r:

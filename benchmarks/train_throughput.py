@@ -27,6 +27,12 @@ and, with --candidates, changes that were measured and not kept:
   step_amp_foreach                 the --amp step with AdamW in foreach form (one op over all tensors)
   step_kqv, step_amp_kqv           the step with k, q and v as one convolution of their concatenated weights
                                    (``kqv_forward``), float32 and --amp
+  step_linear, step_amp_linear     the step with every 1x1 convolution as F.linear on the (B, H, W, C) view
+                                   (``linear_forward``), float32 and --amp
+  step_q_grad, step_amp_q_grad     the step with q's gradient turned channels-last before q's convolution's
+                                   backward (``ChannelsLastGrad``), float32 and --amp
+  step_amp_norm_bf16               the --amp step with each attention's normalized input cast to bfloat16 once
+                                   (``bf16_norm_forward``; its k, q and v gradients then add up in bfloat16)
   step_one_thread                  the --amp step (float32 without bfloat16) on one thread, the rest on all
 and evaluation of 1,024 test images in batches of the recipe's test batch size, against the reference's:
   eval, eval_amp  torch_vit.train.predict, float32 and with --amp
@@ -46,6 +52,7 @@ import types
 
 import torch
 import torch.nn.functional as F
+from torch import nn
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
@@ -54,7 +61,7 @@ from record_run import cpu_name  # noqa: E402
 from seed_model import seed_vit  # noqa: E402
 from torch_vit.augment import normalize  # noqa: E402
 from torch_vit.data import make_synthetic  # noqa: E402
-from torch_vit.model import MhSelfAttention, tokens  # noqa: E402
+from torch_vit.model import MhSelfAttention, PreNormChannels, channels_layer_norm, tokens  # noqa: E402
 from torch_vit.train import (NumpyBackend, TorchBackend, augmenter, bf16_supported, make_config,  # noqa: E402
                              muon_step, predict, torch_optimizers)
 
@@ -80,6 +87,63 @@ def with_kqv(run):
     for module in run.model.modules():
         if isinstance(module, MhSelfAttention):
             module.forward = types.MethodType(kqv_forward, module)
+    return run
+
+
+def linear_forward(self, x):
+    """nn.Conv2d.forward of a 1x1 convolution as F.linear on the (B, H, W, C) view of x, which is free when x is
+    channels-last: the same maths and parameters, one matrix product instead of oneDNN's convolution."""
+    out = F.linear(x.permute(0, 2, 3, 1), self.weight.view(self.out_channels, -1), self.bias)  # (B, H, W, out)
+    return out.permute(0, 3, 1, 2)  # (B, out, H, W), channels-last
+
+
+def with_linear(run):
+    """``run`` (a TorchBackend) with every 1x1 convolution's forward replaced by ``linear_forward``."""
+    for module in run.model.modules():
+        if isinstance(module, nn.Conv2d) and module.kernel_size == (1, 1):
+            module.forward = types.MethodType(linear_forward, module)
+    return run
+
+
+class ChannelsLastGrad(torch.autograd.Function):
+    """The identity, whose backward hands on its gradient channels-last. The attention's batched product gives
+    q's (B, C, H, W) output a gradient in torch's default layout (the bmm backward keeps none), and a 1x1
+    convolution's backward is slower on that than on a channels-last one."""
+
+    @staticmethod
+    def forward(ctx, x):
+        return x.view_as(x)  # no copy
+
+    @staticmethod
+    def backward(ctx, grad):
+        return grad.contiguous(memory_format=torch.channels_last)
+
+
+def q_grad_forward(self, x):
+    """nn.Conv2d.forward of the attention's q, then ``ChannelsLastGrad``."""
+    return ChannelsLastGrad.apply(nn.Conv2d.forward(self, x))
+
+
+def with_q_grad(run):
+    """``run`` (a TorchBackend) with every MhSelfAttention's q followed by ``ChannelsLastGrad``."""
+    for module in run.model.modules():
+        if isinstance(module, MhSelfAttention):
+            module.q.forward = types.MethodType(q_grad_forward, module.q)
+    return run
+
+
+def bf16_norm_forward(self, x):
+    """PreNormChannels.forward with the normalized x cast to bfloat16 once, as autocast casts it for each of the
+    attention's k, q and v convolutions: the same forward, but the three bfloat16 gradients reaching that one
+    tensor are added up in bfloat16 (float32 when autocast casts each)."""
+    return self.fn(channels_layer_norm(self.lnorm, x).to(torch.bfloat16))
+
+
+def with_bf16_norm(run):
+    """``run`` (a TorchBackend) with every attention's PreNormChannels.forward replaced by ``bf16_norm_forward``."""
+    for module in run.model.modules():
+        if isinstance(module, PreNormChannels) and isinstance(module.fn, MhSelfAttention):
+            module.forward = types.MethodType(bf16_norm_forward, module)
     return run
 
 
@@ -147,7 +211,7 @@ def main(argv=None):
     ap.add_argument("--rounds", type=int, default=20, help="timed rounds (default 20)")
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--no-numpy", action="store_true", help="leave out the NumPy backend's step (the slowest)")
-    ap.add_argument("--candidates", action="store_true", help="also time torch.compile and foreach steps")
+    ap.add_argument("--candidates", action="store_true", help="also time the changes measured and not kept (see above)")
     ap.add_argument("--out", default=None)
     ap.add_argument("--overwrite", action="store_true", help="replace an existing --out file")
     args = ap.parse_args(argv)
@@ -216,10 +280,13 @@ def main(argv=None):
             for group in run.opt.param_groups:
                 group["foreach"] = True
             train["step_amp_foreach"] = cycling(lambda xb, yb, run=run: run.step(xb, yb, lr))
-        for name, amp in (("step_kqv", False), ("step_amp_kqv", True)):
+        for name, amp, change in (("step_kqv", False, with_kqv), ("step_amp_kqv", True, with_kqv),
+                                  ("step_linear", False, with_linear), ("step_amp_linear", True, with_linear),
+                                  ("step_q_grad", False, with_q_grad), ("step_amp_q_grad", True, with_q_grad),
+                                  ("step_amp_norm_bf16", True, with_bf16_norm)):
             if amp and not bf16_supported(device):
                 continue
-            run = with_kqv(TorchBackend(make_config(args.recipe, batch_size=B, amp=amp), device))
+            run = change(TorchBackend(make_config(args.recipe, batch_size=B, amp=amp), device))
             train[name] = cycling(lambda xb, yb, run=run: run.step(xb, yb, lr))
         if device.type == "cpu" and torch.get_num_threads() > 1:  # does the step use the other cores?
             run = backends["step_amp" if "step_amp" in backends else "step"]

@@ -124,3 +124,66 @@ def test_kqv_candidate_is_the_same_attention():
     torch.testing.assert_close(outs[1], outs[0], rtol=1e-12, atol=1e-12)
     for name, g in grads[0].items():
         torch.testing.assert_close(grads[1][name], g, rtol=1e-10, atol=1e-12, msg=name)
+
+
+def attention_block(seed=0):
+    """One pre-norm attention block of the seed's size in float64, channels-last, and an input for it."""
+    from torch_vit.model import MhSelfAttention, PreNormChannels
+
+    torch.manual_seed(seed)
+    block = PreNormChannels(32, MhSelfAttention(32, 32, 8)).double().to(memory_format=torch.channels_last)
+    x = torch.randn(2, 32, 4, 5, dtype=torch.float64).contiguous(memory_format=torch.channels_last)
+    return block, x
+
+
+def outputs_and_grads(block, x, context=None):
+    block.zero_grad()
+    with context or torch.autocast("cpu", enabled=False):
+        out = block(x)
+    out.float().square().sum().backward()
+    return out.detach(), {n: p.grad.clone() for n, p in block.named_parameters()}
+
+
+@pytest.mark.parametrize("change", ["with_linear", "with_q_grad"])
+def test_linear_and_q_grad_candidates_are_the_same_block(change):
+    """The candidates of 1x1 convolutions as F.linear and of q's gradient turned channels-last compute what the
+    block computes, and the same gradients for its parameters (float64)."""
+    tt = load("train_throughput")
+    block, x = attention_block()
+    out, grads = outputs_and_grads(block, x)
+
+    class Run:  # the part of a TorchBackend that the candidates change
+        model = block
+    getattr(tt, change)(Run)
+    patched = [m for m in block.modules() if "forward" in vars(m)]
+    assert len(patched) == (4 if change == "with_linear" else 1)  # k, q, v, unify_heads; or q
+    out2, grads2 = outputs_and_grads(block, x)
+    torch.testing.assert_close(out2, out, rtol=1e-12, atol=1e-12)
+    for name, g in grads.items():
+        torch.testing.assert_close(grads2[name], g, rtol=1e-10, atol=1e-12, msg=name)
+    if change == "with_q_grad":  # the gradient it hands on is channels-last, given one in torch's default layout
+        t = torch.randn(2, 3, 4, 5).contiguous(memory_format=torch.channels_last).requires_grad_() * 1
+        seen = []
+        t.register_hook(seen.append)
+        tt.ChannelsLastGrad.apply(t).backward(torch.randn(2, 3, 4, 5))
+        assert seen[0].is_contiguous(memory_format=torch.channels_last) and not seen[0].is_contiguous()
+
+
+def test_bf16_norm_candidate_changes_only_the_sum_of_gradients():
+    """The candidate that casts an attention block's normalized input to bfloat16 once: under autocast, the same
+    forward to the bit (autocast casts it for each convolution to the same values), and gradients that differ
+    only by the bfloat16 rounding of adding up three."""
+    tt = load("train_throughput")
+    block, x = attention_block()
+    block, x = block.float(), x.float()
+    amp = torch.autocast("cpu", dtype=torch.bfloat16)
+    out, grads = outputs_and_grads(block, x, amp)
+
+    class Run:
+        model = block
+    tt.with_bf16_norm(Run)
+    out2, grads2 = outputs_and_grads(block, x, amp)
+    assert torch.equal(out2, out)
+    assert not all(torch.equal(grads2[n], g) for n, g in grads.items())  # the sum's rounding shows somewhere
+    for name, g in grads.items():
+        torch.testing.assert_close(grads2[name], g, rtol=3e-2, atol=3e-2 * float(g.abs().max()), msg=name)
