@@ -7,8 +7,8 @@ A block is the text between `<!-- render: NAME -->` and `<!-- /render -->` on li
 of RENDERERS below. A figure is typed once, in a results file, and reaches the docs only through here.
 The results: `runs/<name>/run.json` (one per training run the docs cite: command, seed, threads, machine,
 final accuracies, wall time; `source` says whether it was written by the run or transcribed), and the JSON of
-the benchmarks (numpy_vs_torch, train_throughput, parity_errors, float32_error, trajectory_drift, flip_tta,
-suite_time), each written by the command that its doc page shows.
+the benchmarks (numpy_vs_torch, train_throughput, profile_step, profile_numpy, parity_errors, float32_error,
+trajectory_drift, flip_tta, suite_time, ...), each written by the command that its doc page shows.
 """
 
 import argparse
@@ -387,6 +387,16 @@ def render_profile_step(results):
             f"torch.profiler (which slows them); {m['cpu']}, {m['cores']} cores, {m['threads']} threads, torch {m['torch']}.")
 
 
+def render_profile_numpy(results):
+    prof = results.json("profile_numpy.json")
+    rows = [[p["part"], f"{100 * p['share']:.1f}%", f"{p['ms_per_step']:.1f} ms"] for p in prof["parts"]]
+    rows.append(["the step (forward, loss, backward)", "100%", f"{prof['ms_per_step']:.0f} ms"])
+    m = prof["machine"]
+    return (table(["part (own time)", "share", "per step"], rows, ["---", "---:", "---:"]) +
+            f"\n\nThe seed model, {prof['dtype']}, batch {prof['batch']}, {prof['steps']} steps; {m['cpu']}, {m['cores']} "
+            f"cores, {m['threads']} BLAS threads, NumPy {m['numpy']}.")
+
+
 def render_run_overhead(results):
     run = results.json("run_overhead.json")
     parts = [("train_loop", "the training loop (augmentation and steps)"), ("evaluation", "evaluation every epoch"),
@@ -415,6 +425,7 @@ RENDERERS = {
     "benchmark-goals": render_goals,
     "train-speed": render_train_speed,
     "profile-step": render_profile_step,
+    "profile-numpy": render_profile_numpy,
     "train-candidates": render_train_candidates,
     "run-overhead": render_run_overhead,
 }

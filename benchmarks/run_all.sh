@@ -11,6 +11,7 @@ python benchmarks/numpy_vs_torch.py --out $out/numpy_vs_torch.json --overwrite
 python benchmarks/train_throughput.py --recipe seed --out $out/train_throughput.json --overwrite
 python benchmarks/train_throughput.py --recipe default --out $out/train_throughput_default.json --overwrite
 python benchmarks/profile_step.py --recipe default --out $out/profile_step.json --overwrite
+python benchmarks/profile_numpy.py --out $out/profile_numpy.json --overwrite
 python benchmarks/parity_errors.py --draws 200 --out $out/parity_errors.json --overwrite
 python benchmarks/trajectory_drift.py --out $out/trajectory_drift.json --overwrite
 checkpoints=("$@")

@@ -187,3 +187,28 @@ def test_bf16_norm_candidate_changes_only_the_sum_of_gradients():
     assert not all(torch.equal(grads2[n], g) for n, g in grads.items())  # the sum's rounding shows somewhere
     for name, g in grads.items():
         torch.testing.assert_close(grads2[name], g, rtol=3e-2, atol=3e-2 * float(g.abs().max()), msg=name)
+
+
+def test_profile_numpy_splits_the_whole_step():
+    """profile_numpy.py's own times of the model's parts add up to the step, every kind of part has its row, and
+    the timers leave the model's results as they were."""
+    pn = load("profile_numpy")
+    result = pn.profile(batch=2, dtype="float32", steps=2)
+    parts = {p["part"]: p for p in result["parts"]}
+    assert set(parts) == {"1x1 convolutions", "patch convolution", "LayerNorm", "GELU",
+                          "attention's own work (products, mask, softmax)", "residual adds",
+                          "positional embedding's add", "head's pooling, flatten and linear layer", "loss",
+                          pn.REST}
+    assert sum(p["share"] for p in parts.values()) == pytest.approx(1.0, abs=2e-3)
+    assert all(p["ms_per_step"] > 0 for p in parts.values() if p["part"] != pn.REST)
+    assert sum(p["ms_per_step"] for p in parts.values()) == pytest.approx(result["ms_per_step"], rel=0.01, abs=0.1)
+
+    import numpy as np
+    from numpy_vit.model import ViT
+
+    x = np.random.default_rng(1).standard_normal((2, 3, 32, 32)).astype(np.float32)
+    plain, timed = (ViT(**pn.SEED, rng=np.random.default_rng(0)) for _ in range(2))
+    pn.Timers(timed)
+    assert np.array_equal(plain(x), timed(x))
+    dlogits = np.ones((2, 10), np.float32)
+    assert np.array_equal(plain.backward(dlogits), timed.backward(dlogits))
