@@ -355,6 +355,8 @@ def render_train_candidates(results):
                               ("step_amp_foreach", "step_amp", "AdamW with `foreach=True`, `--amp`"),
                               ("step_kqv", "step", "k, q and v as one convolution, float32"),
                               ("step_amp_kqv", "step_amp", "k, q and v as one convolution, `--amp`"),
+                              ("step_split_heads", "step", "each head's products on its own channels, float32"),
+                              ("step_amp_split_heads", "step_amp", "each head's products on its own channels, `--amp`"),
                               ("step_linear", "step", "1x1 convolutions as `F.linear` on the (B, H, W, C) view, float32"),
                               ("step_amp_linear", "step_amp", "1x1 convolutions as `F.linear`, `--amp`"),
                               ("step_q_grad", "step", "q's gradient made channels-last, float32"),

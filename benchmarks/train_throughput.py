@@ -27,6 +27,9 @@ and, with --candidates, changes that were measured and not kept:
   step_amp_foreach                 the --amp step with AdamW in foreach form (one op over all tensors)
   step_kqv, step_amp_kqv           the step with k, q and v as one convolution of their concatenated weights
                                    (``kqv_forward``), float32 and --amp
+  step_split_heads, step_amp_split_heads
+                                   the step with each head's products on its own channels of the (B, N, C)
+                                   views (``split_heads_forward``), float32 and --amp
   step_linear, step_amp_linear     the step with every 1x1 convolution as F.linear on the (B, H, W, C) view
                                    (``linear_forward``), float32 and --amp
   step_q_grad, step_amp_q_grad     the step with q's gradient turned channels-last before q's convolution's
@@ -87,6 +90,31 @@ def with_kqv(run):
     for module in run.model.modules():
         if isinstance(module, MhSelfAttention):
             module.forward = types.MethodType(kqv_forward, module)
+    return run
+
+
+def split_heads_forward(self, x):
+    """MhSelfAttention.forward (torch_vit/model.py) head by head, as the seed computes it: each head's (hc, hc)
+    products on its own channels of the (B, N, C) views of k, q and v (strided views, no copies; ``split``, whose
+    backward is one ``cat``), the heads' outputs put together by one ``cat``. A quarter of the all-heads product's
+    work at 4 heads, in four times the calls, and no mask."""
+    b, _, h, w = x.shape
+    keys = tokens(self.k(x)).split(self.head_channels, dim=-1)  # heads x (B, N, hc)
+    queries = tokens(self.q(x)).split(self.head_channels, dim=-1)
+    values = tokens(self.v(x)).split(self.head_channels, dim=-1)
+    outs = []
+    for k, q, v in zip(keys, queries, values):
+        attention = F.softmax(q.transpose(1, 2) @ k * self.scale, dim=-2)  # (B, hc, hc)
+        outs.append(v @ attention.transpose(1, 2))  # (B, N, hc)
+    out = torch.cat(outs, dim=-1).view(b, h, w, -1).permute(0, 3, 1, 2)  # (B, out_channels, H, W)
+    return self.unify_heads(out)
+
+
+def with_split_heads(run):
+    """``run`` (a TorchBackend) with every MhSelfAttention's forward replaced by ``split_heads_forward``."""
+    for module in run.model.modules():
+        if isinstance(module, MhSelfAttention):
+            module.forward = types.MethodType(split_heads_forward, module)
     return run
 
 
@@ -281,6 +309,8 @@ def main(argv=None):
                 group["foreach"] = True
             train["step_amp_foreach"] = cycling(lambda xb, yb, run=run: run.step(xb, yb, lr))
         for name, amp, change in (("step_kqv", False, with_kqv), ("step_amp_kqv", True, with_kqv),
+                                  ("step_split_heads", False, with_split_heads),
+                                  ("step_amp_split_heads", True, with_split_heads),
                                   ("step_linear", False, with_linear), ("step_amp_linear", True, with_linear),
                                   ("step_q_grad", False, with_q_grad), ("step_amp_q_grad", True, with_q_grad),
                                   ("step_amp_norm_bf16", True, with_bf16_norm)):

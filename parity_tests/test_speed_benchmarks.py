@@ -144,10 +144,11 @@ def outputs_and_grads(block, x, context=None):
     return out.detach(), {n: p.grad.clone() for n, p in block.named_parameters()}
 
 
-@pytest.mark.parametrize("change", ["with_linear", "with_q_grad"])
-def test_linear_and_q_grad_candidates_are_the_same_block(change):
-    """The candidates of 1x1 convolutions as F.linear and of q's gradient turned channels-last compute what the
-    block computes, and the same gradients for its parameters (float64)."""
+@pytest.mark.parametrize("change", ["with_split_heads", "with_linear", "with_q_grad"])
+def test_split_heads_linear_and_q_grad_candidates_are_the_same_block(change):
+    """The candidates of the heads' products one head at a time, of 1x1 convolutions as F.linear and of q's
+    gradient turned channels-last compute what the block computes, and the same gradients for its parameters
+    (float64)."""
     tt = load("train_throughput")
     block, x = attention_block()
     out, grads = outputs_and_grads(block, x)
@@ -156,7 +157,7 @@ def test_linear_and_q_grad_candidates_are_the_same_block(change):
         model = block
     getattr(tt, change)(Run)
     patched = [m for m in block.modules() if "forward" in vars(m)]
-    assert len(patched) == (4 if change == "with_linear" else 1)  # k, q, v, unify_heads; or q
+    assert len(patched) == (4 if change == "with_linear" else 1)  # k, q, v, unify_heads; or q; or the attention
     out2, grads2 = outputs_and_grads(block, x)
     torch.testing.assert_close(out2, out, rtol=1e-12, atol=1e-12)
     for name, g in grads.items():
