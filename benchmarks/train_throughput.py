@@ -85,14 +85,6 @@ def kqv_forward(self, x):
     return self.unify_heads(out)
 
 
-def with_kqv(run):
-    """``run`` (a TorchBackend) with every MhSelfAttention's forward replaced by ``kqv_forward``."""
-    for module in run.model.modules():
-        if isinstance(module, MhSelfAttention):
-            module.forward = types.MethodType(kqv_forward, module)
-    return run
-
-
 def split_heads_forward(self, x):
     """MhSelfAttention.forward (torch_vit/model.py) head by head, as the seed computes it: each head's (hc, hc)
     products on its own channels of the (B, N, C) views of k, q and v (strided views, no copies; ``split``, whose
@@ -110,27 +102,11 @@ def split_heads_forward(self, x):
     return self.unify_heads(out)
 
 
-def with_split_heads(run):
-    """``run`` (a TorchBackend) with every MhSelfAttention's forward replaced by ``split_heads_forward``."""
-    for module in run.model.modules():
-        if isinstance(module, MhSelfAttention):
-            module.forward = types.MethodType(split_heads_forward, module)
-    return run
-
-
 def linear_forward(self, x):
     """nn.Conv2d.forward of a 1x1 convolution as F.linear on the (B, H, W, C) view of x, which is free when x is
     channels-last: the same maths and parameters, one matrix product instead of oneDNN's convolution."""
     out = F.linear(x.permute(0, 2, 3, 1), self.weight.view(self.out_channels, -1), self.bias)  # (B, H, W, out)
     return out.permute(0, 3, 1, 2)  # (B, out, H, W), channels-last
-
-
-def with_linear(run):
-    """``run`` (a TorchBackend) with every 1x1 convolution's forward replaced by ``linear_forward``."""
-    for module in run.model.modules():
-        if isinstance(module, nn.Conv2d) and module.kernel_size == (1, 1):
-            module.forward = types.MethodType(linear_forward, module)
-    return run
 
 
 class ChannelsLastGrad(torch.autograd.Function):
@@ -152,14 +128,6 @@ def q_grad_forward(self, x):
     return ChannelsLastGrad.apply(nn.Conv2d.forward(self, x))
 
 
-def with_q_grad(run):
-    """``run`` (a TorchBackend) with every MhSelfAttention's q followed by ``ChannelsLastGrad``."""
-    for module in run.model.modules():
-        if isinstance(module, MhSelfAttention):
-            module.q.forward = types.MethodType(q_grad_forward, module.q)
-    return run
-
-
 def bf16_norm_forward(self, x):
     """PreNormChannels.forward with the normalized x cast to bfloat16 once, as autocast casts it for each of the
     attention's k, q and v convolutions: the same forward, but the three bfloat16 gradients reaching that one
@@ -167,12 +135,27 @@ def bf16_norm_forward(self, x):
     return self.fn(channels_layer_norm(self.lnorm, x).to(torch.bfloat16))
 
 
-def with_bf16_norm(run):
-    """``run`` (a TorchBackend) with every attention's PreNormChannels.forward replaced by ``bf16_norm_forward``."""
-    for module in run.model.modules():
-        if isinstance(module, PreNormChannels) and isinstance(module.fn, MhSelfAttention):
-            module.forward = types.MethodType(bf16_norm_forward, module)
-    return run
+def is_attention(module):
+    return isinstance(module, MhSelfAttention)
+
+
+def with_forward(forward, match, part=None):
+    """A candidate's change of a TorchBackend: ``forward`` as the forward of every module of its model that
+    ``match`` accepts (of that module's child ``part``, if given). Returns the function that changes a run."""
+    def change(run):
+        for module in list(run.model.modules()):
+            if match(module):
+                target = getattr(module, part) if part else module
+                target.forward = types.MethodType(forward, target)
+        return run
+    return change
+
+
+with_kqv = with_forward(kqv_forward, is_attention)
+with_split_heads = with_forward(split_heads_forward, is_attention)
+with_linear = with_forward(linear_forward, lambda m: isinstance(m, nn.Conv2d) and m.kernel_size == (1, 1))
+with_q_grad = with_forward(q_grad_forward, is_attention, part="q")
+with_bf16_norm = with_forward(bf16_norm_forward, lambda m: isinstance(m, PreNormChannels) and is_attention(m.fn))
 
 
 def seed_step(model, cfg):
