@@ -194,14 +194,15 @@ def test_overwrite_replaces_the_earlier_results(old_run, tmp_path, command):
 
 
 BENCHMARKS = {"flip_tta": ["x.pt"], "float32_error": ["x.pt"], "parity_errors": [], "suite_time": [],
-              "trajectory_drift": [], "train_throughput": [], "numpy_vs_torch": [], "profile_step": []}
+              "trajectory_drift": [], "train_throughput": [], "numpy_vs_torch": [], "profile_step": [],
+              "profile_numpy": []}
 
 
 @pytest.mark.parametrize("name", sorted(BENCHMARKS))
 def test_a_benchmark_refuses_to_replace_its_results_file(tmp_path, monkeypatch, capsys, name):
     """A benchmark's --out FILE that exists: exit 2 and one line naming it, before anything is measured, and the
-    file as it was. (numpy_vs_torch reads its arguments on import: the test sets them; its import sets the BLAS
-    thread variables, which monkeypatch restores.)"""
+    file as it was. (numpy_vs_torch and profile_numpy read their arguments on import: the test sets them;
+    numpy_vs_torch's import sets the BLAS thread variables, which monkeypatch restores.)"""
     import importlib
     import sys
 
@@ -213,7 +214,7 @@ def test_a_benchmark_refuses_to_replace_its_results_file(tmp_path, monkeypatch, 
     path.write_text('{"earlier": 1}')
     argv = [*BENCHMARKS[name], "--out", str(path)]
     with pytest.raises(SystemExit) as info:
-        if name == "numpy_vs_torch":
+        if name in ("numpy_vs_torch", "profile_numpy"):
             monkeypatch.setattr(module, "ARGS", module._args(argv))
             module.main()
         else:
