@@ -27,7 +27,6 @@ import sys
 import time
 
 PARTS = ("embedding", "attention", "feed-forward", "pre-norm", "block", "model+loss")
-SEED = dict(image_size=32, patch_size=2, in_channels=3, embedding_dim=32, depth=4, head_channels=8)
 
 
 def _args(argv):
@@ -55,6 +54,8 @@ import numpy_vit as nv  # noqa: E402
 from numpy_vit.io import check_new_file, write_json  # noqa: E402
 from record_run import cpu_name  # noqa: E402
 from render_docs import ratio_table as table  # noqa: E402  (the docs' tables and this script's print the same)
+
+SEED = nv.seed_config()
 
 if ARGS.memory_child != "numpy":
     import torch  # noqa: E402

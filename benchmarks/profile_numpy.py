@@ -18,7 +18,6 @@ import sys
 import time
 
 REST = "calls between modules"
-SEED = dict(image_size=32, patch_size=2, in_channels=3, embedding_dim=32, depth=4, head_channels=8)
 
 
 def _args(argv):
@@ -43,8 +42,10 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 from numpy_vit.io import check_new_file, write_json  # noqa: E402
 from numpy_vit.loss import cross_entropy  # noqa: E402
-from numpy_vit.model import ViT  # noqa: E402
+from numpy_vit.model import ViT, seed_config  # noqa: E402
 from record_run import cpu_name  # noqa: E402
+
+SEED = seed_config()
 
 
 def kind(name, module):

@@ -19,10 +19,11 @@ import time
 import numpy as np
 import torch
 
+from numpy_vit import seed_config
 from numpy_vit.io import check_new_file, write_json
 from torch_vit.trajectory import TRAJECTORY_BOUNDS, run_trajectory
 
-SEED = dict(image_size=32, patch_size=2, in_channels=3, embedding_dim=32, depth=4, head_channels=8, num_classes=10)
+SEED = seed_config()
 SCHEDULES = {"seed": dict(steps_per_epoch=391, epochs=25, label_smoothing=0.0),
              "squeezed": dict(steps_per_epoch=10, epochs=10, label_smoothing=0.1)}
 

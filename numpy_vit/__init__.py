@@ -16,7 +16,7 @@ from .erf import erf
 from .gradcam import grad_cam
 from .io import check_state_dict, infer_config, load_npz, save_npz
 from .loss import cross_entropy, log_softmax
-from .model import Embedding, FeedForward, MhSelfAttention, PreNormChannels, Transformer, ViT
+from .model import Embedding, FeedForward, MhSelfAttention, PreNormChannels, Transformer, ViT, seed_config
 from .nn import GELU, Conv2d, LayerNorm, Linear, Module, softmax, softmax_backward
 from .pretrained import normalize, pretrained, pretrained_info, sample_images
 
@@ -24,5 +24,5 @@ __all__ = [
     "Conv2d", "Embedding", "FeedForward", "GELU", "LayerNorm", "Linear", "MhSelfAttention", "Module",
     "PreNormChannels", "Transformer", "ViT", "check_state_dict", "cross_entropy", "erf", "grad_cam",
     "infer_config", "load_npz", "log_softmax", "normalize", "pretrained", "pretrained_info", "sample_images",
-    "save_npz", "softmax", "softmax_backward",
+    "save_npz", "seed_config", "softmax", "softmax_backward",
 ]

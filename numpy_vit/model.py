@@ -275,6 +275,12 @@ class Transformer(Module):
         return dout
 
 
+def seed_config():
+    """The seed's model, ViT(32, 2, 3, 32, 4, 8) with 59,818 parameters: its arguments as a new dict, the same
+    for numpy_vit.ViT and torch_vit.ViT. ``convvit train`` and ``convvit check`` build it by default."""
+    return dict(image_size=32, patch_size=2, in_channels=3, embedding_dim=32, depth=4, head_channels=8)
+
+
 class ViT(Module):
     """The seed model: Embedding, Transformer, LayerNorm over channels, then the head
     GELU -> global average pool -> Flatten -> Linear(embedding_dim, num_classes).

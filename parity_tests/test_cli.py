@@ -16,7 +16,8 @@ def test_check_seed_config_passes():
     r = convvit("check")
     assert r.returncode == 0, r.stdout + r.stderr
     out = r.stdout
-    assert "59,818 parameters" in out and "all " in out and "checks passed" in out
+    assert "convvit check: ViT((32, 32), 2, 3, 32, 4, 8, 10), 59,818 parameters" in out  # seed_config()
+    assert "all " in out and "checks passed" in out
     for name in ("logits", "loss", "input grad", "embedding.pos_embedding", "transformer.layers.3.1.fn.net.2.bias",
                  "mlp_head.3.weight"):
         assert out.count(f"  {name} ") == 2, name  # one row in float64, one in float32

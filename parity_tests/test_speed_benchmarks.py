@@ -12,6 +12,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from numpy_vit import seed_config
 from torch_vit.model import ViT
 
 BENCH = pathlib.Path(__file__).resolve().parents[1] / "benchmarks"
@@ -28,7 +29,7 @@ def load(name):
         sys.path.remove(str(BENCH))
 
 
-SEED = dict(image_size=32, patch_size=2, in_channels=3, embedding_dim=32, depth=4, head_channels=8)
+SEED = seed_config()
 
 
 @pytest.mark.parity

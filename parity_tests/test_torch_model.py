@@ -7,6 +7,7 @@ from torchinfo import summary
 
 import numpy_vit as nv
 import torch_vit
+from torch_vit.train import TrainConfig
 
 SEED_KEYS_SAMPLE = ["embedding.patch.weight", "embedding.pos_embedding", "transformer.layers.0.0.lnorm.weight",
                     "transformer.layers.0.0.fn.k.weight", "transformer.layers.0.1.fn.net.0.weight",
@@ -20,6 +21,16 @@ def test_seed_parameter_counts():
     assert [count(block) for block in m.transformer.layers] == [12_704] * 4
     assert m.embedding.pos_embedding.shape == (1, 32, 16, 16) and m.embedding.pos_embedding.numel() == 8_192
     assert count(m.embedding.patch) == 416 and count(m.norm) == 64 and count(m.mlp_head) == 330
+
+
+def test_seed_config_is_the_seed_model_and_what_train_builds_by_default():
+    config = nv.seed_config()
+    assert config == dict(image_size=32, patch_size=2, in_channels=3, embedding_dim=32, depth=4, head_channels=8)
+    assert config is not nv.seed_config()  # a new dict each call: a caller may change its own
+    seed = torch_vit.ViT(**config)
+    assert seed.config == torch_vit.ViT(32, 2, 3, 32, 4, 8).config == nv.ViT(**config).config
+    assert sum(p.numel() for p in seed.parameters()) == 59_818
+    assert torch_vit.ViT(**TrainConfig().model_config()).config == seed.config  # what convvit train builds
 
 
 def test_seed_torchinfo():

@@ -9,6 +9,7 @@ import pytest
 import torch
 
 import numpy_vit.optim
+from numpy_vit import seed_config
 import torch_vit.trajectory
 from torch_vit.trajectory import TRAJECTORY_BOUNDS, run_trajectory
 
@@ -65,7 +66,7 @@ def test_a_wrong_optimizer_is_named_at_its_first_step(monkeypatch):
     assert tr.first_failure.startswith("step 0: ") and "max |numpy - torch|" in tr.first_failure
 
 
-SEED = dict(image_size=32, patch_size=2, in_channels=3, embedding_dim=32, depth=4, head_channels=8, num_classes=10)
+SEED = seed_config()
 
 
 def test_seed_configuration_100_steps_within_the_bounds():

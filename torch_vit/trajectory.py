@@ -86,8 +86,8 @@ def run_trajectory(config, steps=100, dtype=np.float64, seed=0, batch=8, lr=0.01
     losses, worst, first_failure = [], [], ""
     with newton_schulz_in_weights_dtype() if hidden else contextlib.nullcontext():
         for step in range(steps):
-            x = rng.standard_normal((batch, config["in_channels"], h, w)).astype(dtype)
-            y = rng.integers(0, config["num_classes"], batch)
+            x = rng.standard_normal((batch, m.config["in_channels"], h, w)).astype(dtype)
+            y = rng.integers(0, m.config["num_classes"], batch)
             step_lr = piecewise_linear((step + 1) / steps_per_epoch, points, values)
             for opt in opts_n:
                 opt.lr = step_lr
