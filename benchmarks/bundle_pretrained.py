@@ -22,7 +22,7 @@ from numpy_vit.pretrained import INFO, SAMPLES, WEIGHTS  # noqa: E402
 
 
 def main(argv=None):
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("checkpoint")
     ap.add_argument("--run", required=True, help="the run's record: benchmarks/results/runs/RUN/run.json")
     ap.add_argument("--data", required=True, help="the data set the run was trained on (imagefolder:PATH)")

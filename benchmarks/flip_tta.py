@@ -2,7 +2,7 @@
 
 For each checkpoint, the test accuracy on the images as they are (what `convvit train` and
 `convvit evaluate` report), on their horizontal mirrors, and of the two predictions averaged (logits,
-and softmax probabilities). The README reports it beside, never in place of, the plain accuracy.
+and softmax probabilities). docs/experiments.md reports it beside, never in place of, the plain accuracy.
 
     python benchmarks/flip_tta.py runs/default/checkpoint.pt runs/seed/checkpoint.pt \
         --out benchmarks/results/flip_tta.json  # --overwrite to replace an earlier one
@@ -31,7 +31,7 @@ def flip_accuracies(path, data_spec=None, cache_dir=None):
 
 
 def main(argv=None):
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("checkpoints", nargs="+")
     ap.add_argument("--data", default=None, help="a --data spec (default: each checkpoint's own)")
     ap.add_argument("--cache-dir", default=None)

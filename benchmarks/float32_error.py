@@ -1,6 +1,6 @@
 """Who is closer: NumPy's float32 gradients or torch's, each measured against the float64 gradients of
 the same weights and batch (computed by NumPy in float64, which agrees with torch's float64 to
-about 1e-14). The measurement behind the float32 parity bound in the README.
+about 1e-14). The measurement behind the float32 parity bound in docs/parity.md.
 
 For each checkpoint, `convvit check`'s batches (seeds 0 to 3, batches 2 and 8, N(0, 1) images), every
 parameter gradient that is not in the floor regime (largest entry at least 1e-5 of the largest
@@ -57,7 +57,7 @@ def worst_errors(path, seeds=range(4), batches=(2, 8)):
 
 
 def main(argv=None):
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("checkpoints", nargs="+")
     ap.add_argument("--out", default=None)
     ap.add_argument("--overwrite", action="store_true", help="replace an existing --out file")

@@ -335,7 +335,7 @@ def train(cfg, data, device, graph=True, compile_model=False, eval_batch=1000, l
 
 
 def main(argv=None):
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--device", default="cuda", help="cuda (default), cuda:N, or cpu for a small check")
     ap.add_argument("--epochs", type=int, default=None, help="epochs (default: the recipe's, 24)")
     ap.add_argument("--data", default="imagefolder:../cifar10-jpeg", help="imagefolder:PATH (default "

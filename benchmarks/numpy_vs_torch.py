@@ -30,7 +30,7 @@ PARTS = ("embedding", "attention", "feed-forward", "pre-norm", "block", "model+l
 
 
 def _args(argv):
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--threads", type=int, default=os.cpu_count())
     ap.add_argument("--batches", type=int, nargs="+", default=[1, 32, 128, 256])
     ap.add_argument("--dtypes", nargs="+", default=["float32", "float64"], choices=["float32", "float64"])

@@ -1,4 +1,4 @@
-"""How far NumPy and torch actually differ: the measurement behind the parity bounds in the README.
+"""How far NumPy and torch actually differ: the measurement behind the parity bounds in docs/parity.md.
 
 Draws random configurations and values over the same ranges as parity_tests/test_parity_torch.py
 (the whole ViT with its loss, and MhSelfAttention alone), runs torch_vit.parity on each, and reports
@@ -35,7 +35,7 @@ def draw(rng, min_channels):
 
 
 def main(argv=None):
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--draws", type=int, default=200)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", default=None)

@@ -21,7 +21,7 @@ REST = "calls between modules"
 
 
 def _args(argv):
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--threads", type=int, default=os.cpu_count())
     ap.add_argument("--batch", type=int, default=128)
     ap.add_argument("--dtype", default="float32", choices=["float32", "float64"])

@@ -41,7 +41,7 @@ def shares(step, steps, top):
 
 
 def main(argv=None):
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--recipe", default="seed")
     ap.add_argument("--steps", type=int, default=10, help="profiled steps (default 10)")
     ap.add_argument("--top", type=int, default=10, help="ops listed per step (default 10)")

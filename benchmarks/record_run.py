@@ -85,7 +85,7 @@ def record(run_dir, name, group, command, recipe=None, machine=None, wall_s=None
 
 
 def main(argv=None):
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("run_dir", help="the run's --out folder")
     ap.add_argument("--name", required=True, help="the record's folder name under benchmarks/results/runs/")
     ap.add_argument("--group", required=True, help="the table of docs/experiments.md it belongs to")

@@ -457,7 +457,7 @@ def first_difference(old, new):
 
 
 def main(argv=None):
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--check", action="store_true", help="change nothing; exit 1 if a block differs")
     ap.add_argument("--root", default=str(ROOT), help="the project's root (default: this checkout)")
     ap.add_argument("--results", default=None, help="the results folder (default: ROOT/benchmarks/results)")

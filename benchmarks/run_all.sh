@@ -1,9 +1,11 @@
 #!/usr/bin/env bash
-# Every benchmark behind the README's figures, one after another, each writing its JSON into
-# benchmarks/results/ (--overwrite: each replaces its earlier results). Run it alone on the machine (timings), from the project's root:
+# The benchmarks behind the docs' figures, one after another, each writing its JSON into
+# benchmarks/results/ (--overwrite: each replaces its earlier results). Not here, each with its own command on
+# its docs page: train_throughput.py --candidates, run_overhead.py (a whole CIFAR-10 run), suite_time.py (the test
+# suite, alone) and gpu_train.py (a GPU). Run it alone on the machine (timings), from the project's root:
 #   benchmarks/run_all.sh [CHECKPOINT ...]
 # The checkpoints (default: runs/muon-s4 and runs/synthetic-numpy, where they exist) feed
-# float32_error.py and flip_tta.py (which evaluates each on its own --data); `convvit train` makes them (README, "Training").
+# float32_error.py and flip_tta.py (which evaluates each on its own --data); `convvit train` makes them (docs/training.md, docs/parity.md).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 out=benchmarks/results

@@ -44,7 +44,7 @@ def split(wall_s, metrics, report):
 
 
 def main(argv=None):
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", default=None, help="results JSON")
     ap.add_argument("--overwrite", action="store_true", help="replace an existing --out file")
     ap.add_argument("command", nargs=argparse.REMAINDER, help="-- convvit train ...")

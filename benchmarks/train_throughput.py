@@ -216,13 +216,13 @@ def summarise(times, reference, images, references=None):
 
 
 def main(argv=None):
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--recipe", default="default", help="the recipe whose step, batch size and augmentations to time")
     ap.add_argument("--batch", type=int, default=None, help="batch size (default: the recipe's)")
     ap.add_argument("--rounds", type=int, default=20, help="timed rounds (default 20)")
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--no-numpy", action="store_true", help="leave out the NumPy backend's step (the slowest)")
-    ap.add_argument("--candidates", action="store_true", help="also time the changes measured and not kept (see above)")
+    ap.add_argument("--candidates", action="store_true", help="also time the changes measured and not kept (listed above)")
     ap.add_argument("--out", default=None)
     ap.add_argument("--overwrite", action="store_true", help="replace an existing --out file")
     args = ap.parse_args(argv)

@@ -1,5 +1,5 @@
 """How far NumPy training and torch training part over N steps of the seed model (the measurement
-behind the trajectory bounds in the README): the worst relative difference over the loss and every
+behind the trajectory bounds in docs/numpy-training.md): the worst relative difference over the loss and every
 weight after steps 1, 10, 50 and N, in float64 and float32, for two schedules:
 
 - seed: the seed's own run from its first step (AdamW lr 0.01, weight decay 0.01, clip 1, the
@@ -29,7 +29,7 @@ SCHEDULES = {"seed": dict(steps_per_epoch=391, epochs=25, label_smoothing=0.0),
 
 
 def main(argv=None):
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--steps", type=int, default=100)
     ap.add_argument("--batch", type=int, default=8)
     ap.add_argument("--out", default=None)

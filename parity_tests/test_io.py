@@ -119,6 +119,20 @@ def test_bad_checkpoint_is_one_line(tmp_path, damage):
     assert "\n" not in str(e.value)
 
 
+def test_a_checkpoint_it_may_not_read_is_one_line(tmp_path, monkeypatch):
+    """Root reads any file, so the refusal is torch.load's, as an unprivileged user would meet it."""
+    path = tmp_path / "c.pt"
+    torch_vit.save_checkpoint(torch_vit.ViT(8, 2, 3, 8, 1, 8), path)
+
+    def refuse(*args, **kwargs):
+        raise PermissionError(13, "Permission denied", str(path))
+
+    monkeypatch.setattr(torch, "load", refuse)
+    with pytest.raises(ValueError, match=f"^checkpoint {path}: expected a file this user may read, got permission "
+                                         "denied$"):
+        torch_vit.load_checkpoint(str(path))
+
+
 def test_save_checkpoint_is_atomic(tmp_path, monkeypatch):
     """A checkpoint write killed half way (here: torch.save writes part of the file, then dies)
     leaves the previous checkpoint whole and loadable, and no temporary file behind."""

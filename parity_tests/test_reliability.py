@@ -244,6 +244,10 @@ def _damaged(folder, kind):
         path.write_bytes(good.read_bytes()[:1000])
     elif kind == "garbage":
         path.write_bytes(b"not a checkpoint" * 50)
+    elif kind == "text":
+        path.write_text("hello world garbage\n")
+    elif kind == "missing":
+        path = folder / "nowhere.pt"
     elif kind == "empty":
         path.write_bytes(b"")
     elif kind == "pickled":
@@ -266,7 +270,9 @@ class _NotATensor:
 @pytest.mark.parametrize("kind, expected", [
     ("truncated", "expected a complete torch checkpoint (a zip archive), got a truncated or damaged file"),
     ("garbage", "expected a torch checkpoint, got a file that is not one (Unsupported operand"),
+    ("text", "expected a torch checkpoint, got a file that is not one ("),
     ("empty", "expected a torch checkpoint, got an empty file"),
+    ("missing", "expected a checkpoint file, got no such file"),
     ("pickled", "expected tensors and plain values only (weights_only), got a pickled"),
     ("other_model", "expected a convvit ViT, got another model"),
     ("other_architecture", "state dict does not fit ViT: missing keys: transformer.layers.1."),

@@ -58,7 +58,7 @@ def load_checkpoint(path, head_channels=None):
     seed state dict, whose configuration is read from its shapes; ``head_channels`` (which no shape
     records) then defaults to the seed's 8 unless given. Every failure is one ValueError line."""
     if not os.path.isfile(path):
-        raise ValueError(f"checkpoint: no such file {path}")
+        raise _unfit(path, "expected a checkpoint file, got no such file")
     if os.path.getsize(path) == 0:
         raise _unfit(path, "expected a torch checkpoint, got an empty file")
     try:
@@ -110,6 +110,8 @@ def _unfit(path, what):
 def _load_failure(e):
     """What torch.load's (long, many-line) failure means, in a few words."""
     text = str(e)
+    if isinstance(e, PermissionError):
+        return "expected a file this user may read, got permission denied"
     if "central directory" in text or "zip archive" in text or isinstance(e, (EOFError, OSError)):
         return "expected a complete torch checkpoint (a zip archive), got a truncated or damaged file"
     found = re.search(r"Unsupported global: GLOBAL (\S+)", text)
@@ -119,5 +121,5 @@ def _load_failure(e):
     if found or "Weights only load failed" in text:
         return f"expected a torch checkpoint, got a file that is not one ({found.group(0) if found else type(e).__name__})"
     lines = [line for line in text.splitlines() if line.strip()]
-    return f"expected a torch checkpoint, got an unreadable file ({lines[0][:80] if lines else type(e).__name__})"
+    return f"expected a torch checkpoint, got a file that is not one ({type(e).__name__}{': ' + lines[0][:80] if lines else ''})"
 

@@ -488,8 +488,8 @@ def build_parser():
     t.add_argument("--erasing", type=_fraction, help="random erasing probability")
     t.add_argument("--amp", action="store_true", help="bfloat16 autocast (CUDA, or a CPU with AVX-512 BF16 or AMX)")
     t.add_argument("--backend", default="torch",
-                   help="torch (default) | numpy: numpy_vit's forward, backward and AdamW on the CPU, same "
-                        "initial weights and batches as torch for the same --seed")
+                   help="torch (default) | numpy: numpy_vit's forward, backward and optimisers (the recipe's AdamW or "
+                        "Muon) on the CPU, same initial weights and batches as torch for the same --seed")
     t.add_argument("--dtype", default="float32", help="float32 (default) | float64, of weights and arithmetic")
 
     e = sub.add_parser("evaluate", help="test accuracy, per class, confusion matrix and NumPy agreement of a checkpoint")
