@@ -5,8 +5,8 @@ Every public part takes an NCHW array in the model's dtype. ``forward(x)`` retur
 remembers what backward needs; ``backward(dout)`` returns the gradient of the input and leaves each
 parameter's gradient in ``part.grads`` under its seed state-dict name (relative to the part).
 
-Shapes: B batch, C channels (= embedding_dim), H x W the patch grid, N = H * W, hc = head_channels,
-heads = C // hc.
+Shapes: B batch, C channels (= embedding_dim), H x W the patch grid (the image is H*p x W*p, p the
+patch size), N = H * W, hc = head_channels, heads = C // hc.
 """
 
 import numpy as np
@@ -146,16 +146,18 @@ class MhSelfAttention(Module):
         keys, queries, values, _, attention, (b, h, w) = self._saved()
         dout = tokens(self.unify_heads.backward(dout))  # (B, N, C)
 
+        # out = values @ attention^T, so d attention = dout^T @ values and d values = dout @ attention
         dattention = dout.swapaxes(1, 2) @ values  # (B, C, C)
         dvalues = dout @ attention  # (B, N, C)
         # dL/dP for the unscaled P = queries^T keys (the forward's attend is S = P * scale): not dL/dS.
         # Masked pairs have attention 0, so softmax_backward gives them exactly 0.
         dattend = softmax_backward(dattention, attention, axis=-2) * self.scale
+        # P = queries^T @ keys, so d queries = keys @ dP^T and d keys = queries @ dP
         dqueries = keys @ dattend.swapaxes(1, 2)  # (B, N, C)
         dkeys = queries @ dattend  # (B, N, C)
 
         shape = (b, h, w, -1)
-        dx = self.k.backward(dkeys.reshape(shape).transpose(0, 3, 1, 2))  # (B, C, H, W), channels-last
+        dx = self.k.backward(dkeys.reshape(shape).transpose(0, 3, 1, 2))  # (B, in_channels, H, W), channels-last
         dx += self.q.backward(dqueries.reshape(shape).transpose(0, 3, 1, 2))
         dx += self.v.backward(dvalues.reshape(shape).transpose(0, 3, 1, 2))
         return dx
@@ -240,13 +242,13 @@ class Transformer(Module):
         if out_channels != in_channels:
             raise ValueError(f"Transformer: the residual needs out_channels == in_channels, "
                              f"got {out_channels} and {in_channels}")
-        self.layers = ModuleList(*[
-            ModuleList(
+        self.layers = ModuleList([
+            ModuleList([
                 PreNormChannels(in_channels, MhSelfAttention(in_channels, out_channels, head_channels,
                                                              dtype=dtype, rng=rng)),
                 PreNormChannels(out_channels, FeedForward(out_channels, out_channels, 4, approximate,
                                                           dtype=dtype, rng=rng)),
-            )
+            ])
             for _ in range(depth)
         ])
         self.block_outputs = []  # block_outputs[i]: the output of block i, set by forward
@@ -285,7 +287,7 @@ class ViT(Module):
     """The seed model: Embedding, Transformer, LayerNorm over channels, then the head
     GELU -> global average pool -> Flatten -> Linear(embedding_dim, num_classes).
 
-    (B, in_channels, H, W) -> (B, C, H/p, W/p) -> ... -> (B, C, H/p, W/p) -> (B, num_classes)
+    (B, in_channels, H*p, W*p) -> (B, C, H, W) -> ... -> (B, C, H, W) -> (B, num_classes)
     """
 
     def __init__(self, image_size, patch_size, in_channels, embedding_dim, depth, head_channels,
@@ -325,8 +327,8 @@ class ViT(Module):
     def forward(self, x):
         check_input(x, "ViT", self.config["in_channels"], self.dtype, self.image_size)
         self._cache = True
-        x = self.embedding(x)  # (B, C, H/p, W/p)
-        x = self.transformer(x)  # (B, C, H/p, W/p)
+        x = self.embedding(x)  # (B, C, H, W)
+        x = self.transformer(x)  # (B, C, H, W)
         x = self.norm(x)  # LayerNorm over the channels at every position
         return self._remember(self.mlp_head(x))  # (B, num_classes)
 

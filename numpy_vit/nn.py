@@ -95,7 +95,7 @@ class Module:
     def dtype(self):
         for _, value in self.named_parameters():
             return value.dtype
-        return self._dtype
+        return None  # no parameters (GELU, pooling, flatten): any float dtype passes through
 
     def load_state_dict(self, arrays_by_name):
         """Copy arrays (any mapping of name to array-like, a torch state dict included) into the
@@ -143,10 +143,14 @@ class Sequential(Module):
 
 
 class ModuleList(Sequential):
-    """A list of children named 0, 1, ... that the owner calls itself (no forward of its own)."""
+    """Children named 0, 1, ..., given as one iterable as to torch's nn.ModuleList; the owner calls them
+    (no forward or backward of its own)."""
+
+    def __init__(self, modules=()):
+        super().__init__(*modules)
 
     def forward(self, x):
-        raise TypeError("ModuleList has no forward; its owner calls the children")
+        raise TypeError("ModuleList has no forward or backward; its owner calls the children")
 
     backward = forward
 
@@ -174,14 +178,17 @@ def mean_rows(x_rows):
     return (x_rows @ np.ones(x_rows.shape[1], x_rows.dtype)) / x_rows.shape[1]
 
 
-def sum_cols(x_rows):
-    """(M, C) -> (C,): the sum of each column, as vector-matrix products over blocks of up to 256
-    rows, then the sum of the blocks' sums: as fast as one product and, in float32, several times
-    more accurate than one long running sum (a bias gradient can be a sum that nearly cancels)."""
+def sum_cols(x_rows, block=256):
+    """(M, C) -> (C,): the sum of each column, as vector-matrix products over blocks of ``block`` rows
+    (the last one shorter when block does not divide M), then the sum of the blocks' sums: as fast as
+    one product and, in float32, several times more accurate than one long running sum (a bias
+    gradient can be a sum that nearly cancels)."""
     m = x_rows.shape[0]
-    block = math.gcd(m, 256)
-    ones = np.ones(block, x_rows.dtype)
-    return (ones @ x_rows.reshape(m // block, block, -1)).sum(axis=0)
+    full = m - m % block
+    total = (np.ones(block, x_rows.dtype) @ x_rows[:full].reshape(full // block, block, x_rows.shape[1])).sum(axis=0)
+    if full < m:
+        total += np.ones(m - full, x_rows.dtype) @ x_rows[full:]
+    return total
 
 
 class Conv2d(Module):
@@ -228,9 +235,11 @@ class Conv2d(Module):
         c_out = weight.shape[0]
         B, C, H, W = x_shape
         d = rows(dout)  # (B*N, C_out)
-        self._grads["weight"] = (d.T @ cols).reshape(weight.shape)  # (C_out, C_in*p*p)
-        self._grads["bias"] = sum_cols(d)
-        dcols = d @ weight.reshape(c_out, -1)  # (B*N, C_in*p*p)
+        # the forward was out = cols @ W^T + bias, W the weight as (C_out, C_in*p*p)
+        self._grads["weight"] = (d.T @ cols).reshape(weight.shape)  # d^T cols: (C_out, C_in*p*p) -> (C_out, C_in, p, p)
+        self._grads["bias"] = sum_cols(d)  # (C_out,): the bias was added to every row
+        dcols = d @ weight.reshape(c_out, -1)  # d W: (B*N, C_in*p*p)
+        # the windows do not overlap, so each entry of cols came from one pixel: a reshape puts it back, no sums
         if p == 1:
             return maps(dcols, x_shape)  # (B, C_in, H, W), channels-last
         return (dcols.reshape(B, H // p, W // p, C, p, p)
@@ -268,7 +277,9 @@ class LayerNorm(Module):
         self._grads["weight"] = sum_cols(d * xhat)
         self._grads["bias"] = sum_cols(d)
         dxhat = d * g
-        # d/dx of (x - mean) / std, projected: remove the mean and the component along xhat
+        # xhat = (x - mean) * rstd: each x of a row moves the row's mean and variance too, not only its own xhat.
+        # Through the mean: minus the row mean of dxhat; through the variance: minus xhat times the row mean of
+        # dxhat * xhat; both scaled by rstd.
         dx = rstd * (dxhat - mean_rows(dxhat)[:, None] - xhat * mean_rows(dxhat * xhat)[:, None])
         return maps(dx, shape)
 
@@ -305,8 +316,9 @@ class GELU(Module):
     Phi(x), the normal CDF: in float64, 0.5 (1 + erf(x / sqrt 2)) with Cody's erf, as torch writes it;
     in float32, 0.5 erfc(-x / sqrt 2) with ``erfc_single``, exact to float32's own precision
     (numpy_vit/erf.py). Elementwise, so the work runs on 1-D views of x's memory (a channels-last
-    map as it lies), in slices that stay in the CPU's cache, the float32 forward and the backward
-    in place (``out=``) in three scratch arrays of one slice that the module keeps."""
+    map as it lies), in slices that stay in the CPU's cache. The float32 erf form works in place (``out=``):
+    its forward in three scratch arrays of one slice that the module keeps, its backward in one of them; float64
+    and the tanh form use temporaries."""
 
     def __init__(self, approximate="none"):
         super().__init__()
@@ -428,5 +440,6 @@ def softmax(x, axis):
 
 
 def softmax_backward(dy, y, axis):
-    """Gradient of the input of a softmax along ``axis``, given its output y and upstream dy."""
+    """Gradient of the input of a softmax along ``axis``, given its output y and upstream dy: with
+    dy_i/dx_j = y_i (delta_ij - y_j), dx_j = sum_i dy_i y_i (delta_ij - y_j) = y_j (dy_j - sum_i dy_i y_i)."""
     return y * (dy - (dy * y).sum(axis=axis, keepdims=True))

@@ -2,8 +2,8 @@
 the same constructor arguments as ``numpy_vit.model``, so the two read side by side and a state
 dict moves between them unchanged.
 
-Shapes: B batch, C channels (= embedding_dim), H x W the patch grid, N = H * W, hc = head_channels,
-heads = C // hc.
+Shapes: B batch, C channels (= embedding_dim), H x W the patch grid (the image is H*p x W*p, p the
+patch size), N = H * W, hc = head_channels, heads = C // hc.
 """
 
 import torch
@@ -143,7 +143,7 @@ class Transformer(nn.Module):
 
 
 class ViT(nn.Module):
-    """(B, in_channels, H, W) -> embedding -> transformer -> norm over channels -> mlp_head -> (B, num_classes)"""
+    """(B, in_channels, H*p, W*p) -> embedding -> transformer -> norm over channels -> mlp_head -> (B, num_classes)"""
 
     def __init__(self, image_size, patch_size, in_channels, embedding_dim, depth, head_channels,
                  num_classes=10, *, approximate="none"):
@@ -176,9 +176,9 @@ class ViT(nn.Module):
         c, size = self.config["in_channels"], self.config["image_size"]
         if x.dim() != 4 or x.shape[1] != c or tuple(x.shape[2:]) != size:
             raise ValueError(f"ViT: expected input (B, {c}, {size[0]}, {size[1]}), got {tuple(x.shape)}")
-        x = self.embedding(x)  # (B, C, H/p, W/p)
-        x = self.transformer(x)  # (B, C, H/p, W/p)
-        x = channels_layer_norm(self.norm, x)  # (B, C, H/p, W/p)
+        x = self.embedding(x)  # (B, C, H, W)
+        x = self.transformer(x)  # (B, C, H, W)
+        x = channels_layer_norm(self.norm, x)  # (B, C, H, W)
         # in torch's default layout: the pooling's backward hands GELU's backward an NCHW gradient, and GELU's
         # backward is many times slower on a channels-last input with an NCHW gradient than on two of one layout
         return self.mlp_head(x.contiguous())  # (B, num_classes)
