@@ -7,7 +7,8 @@
     and the Embedding, whose pos_embedding is position-dependent, is not;
 (d) the ViT treats the images of a batch independently (forward);
 (e) and so does its backward: image i's input gradient depends on dlogits[i] only;
-(f) GELU is elementwise whatever the memory layout of its input and upstream gradient.
+(f) GELU is elementwise whatever the memory layout of its input and upstream gradient;
+(g) sum_cols, the bias gradients' column sum, is accurate whatever the number of rows.
 """
 
 import numpy as np
@@ -306,3 +307,18 @@ def test_gelu_is_the_same_map_in_every_layout(dtype, approximate):
             np.testing.assert_array_equal(g.backward(d), dx_ref, err_msg=f"backward, {name}, dout {dname}")
             if xin.flags.c_contiguous or xin is channels_last:
                 assert y.strides == xin.strides, name
+
+
+@pytest.mark.parametrize("m", [1, 7, 255, 256, 257, 2 * 256 + 100, 12_495, 12_544])
+def test_sum_cols_is_the_column_sum_in_blocks_of_256_rows_whatever_the_row_count(m):
+    """A bias gradient's sum over B*N rows: the blocks' partial sums keep float32's error several times below
+    one running sum's (12,495 rows, a count that 256 does not divide, as well as 12,544 rows)."""
+    from numpy_vit.nn import sum_cols
+
+    x = np.random.default_rng(m).standard_normal((m, 32)).astype(np.float32) + np.float32(100)
+    exact = x.astype(np.float64).sum(axis=0)
+    got = sum_cols(x)
+    assert got.shape == (32,) and got.dtype == np.float32
+    np.testing.assert_allclose(got, exact, rtol=1e-6)
+    if m >= 12_000:  # float32's running sum over as many rows is off by several times more
+        assert np.abs(got - exact).max() * 4 < np.abs(np.cumsum(x, axis=0, dtype=np.float32)[-1] - exact).max()
