@@ -54,6 +54,13 @@ def convvit(*args):
     return Result(code, out.getvalue(), err.getvalue())
 
 
+def paired(a, b):
+    """((name, a[name]), b[name]) for every name of two state dicts, which must hold the same names in the same
+    order: a weight missing from one side fails here instead of going unchecked."""
+    assert list(a) == list(b), (list(a), list(b))
+    return zip(a.items(), b.values())
+
+
 def usage_error(*args):
     """``convvit ARGS`` in this process must fail as bad input does: exit status 2 and exactly one line
     on stderr, "convvit: error: ...", with no traceback. Returns that line."""

@@ -7,7 +7,7 @@ import json
 import pytest
 import torch
 
-from conftest import QUIET, TINY, usage_error
+from conftest import QUIET, TINY, paired, usage_error
 
 from torch_vit import data as data_mod
 from torch_vit.train import TorchBackend, ema_decay, make_config, train
@@ -94,10 +94,10 @@ def test_float64_numpy_ema_is_torch_ema(tmp_path):
     and both evaluate it to the same accuracy every epoch."""
     t_model, t_hist = _run(tmp_path, "torch", dtype="float64")
     n_model, n_hist = _run(tmp_path, "numpy", dtype="float64", backend="numpy")
-    for a, b in zip(n_hist, t_hist):
+    for a, b in zip(n_hist, t_hist, strict=True):
         assert f"{a['ema_test_acc']:.4f}" == f"{b['ema_test_acc']:.4f}"
         assert a["ema_test_loss"] == pytest.approx(b["ema_test_loss"], rel=1e-9)
-    for (name, a), b in zip(n_model.state_dict().items(), t_model.state_dict().values()):
+    for (name, a), b in paired(n_model.state_dict(), t_model.state_dict()):
         assert (a - b).abs().max() <= 1e-9 * b.abs().max(), name
     ckpt = torch.load(tmp_path / "torch" / "checkpoint.pt", weights_only=True)
     for name, w in ckpt["train_model"].items():  # the result is the average, not the trained weights

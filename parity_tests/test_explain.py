@@ -2,6 +2,7 @@
 PNGs, NumPy agrees with torch and pytorch-grad-cam, and bad input is one line (status 2)."""
 
 import json
+import re
 
 import numpy as np
 import pytest
@@ -10,6 +11,7 @@ from PIL import Image
 
 import torch_vit
 from torch_vit import data as data_mod
+from torch_vit.attention import entropy
 from torch_vit.explain import attention, gradcam
 from torch_vit.train import make_config, train
 
@@ -41,7 +43,7 @@ def test_gradcam_misclassified_and_correct(trained, tmp_path):
         _png(tmp_path / f"gradcam_{r['index']}.png", 600, 150)
     right = gradcam(model, data, cfg, str(tmp_path / "ok"), n=2, correct=True, layer="transformer.layers.0",
                     log=lambda *a: None)
-    assert all(r["label"] == r["pred"] for r in right)
+    assert len(right) == 2 and all(r["label"] == r["pred"] for r in right)
     chosen = gradcam(model, data, cfg, str(tmp_path / "idx"), indices=[5, 1], method="gradcam++", log=lambda *a: None)
     assert [r["index"] for r in chosen] == [5, 1]
     spread = gradcam(model, data, cfg, str(tmp_path / "spread"), per_class=1, log=lambda *a: None)
@@ -55,14 +57,18 @@ def test_attention_command_pictures_and_entropy(trained, tmp_path):
     logs = []
     maps = attention(model, data, cfg, str(tmp_path), index=7, log=logs.append)
     assert len(maps) == 4 and maps[0].shape == (4, 8, 8)
-    assert sum(line.startswith("  block ") for line in logs) == 4
+    rows = [line for line in logs if line.startswith("  block ")]
+    assert len(rows) == 4
+    for b, line in enumerate(rows):  # each head's mean column entropy, as printed, is that of its map
+        printed = [float(e) for e in re.findall(r"head \d+ (\S+)", line)]
+        assert printed == pytest.approx([float(e) for e in entropy(maps[b])], abs=0.0051), line
     assert float(logs[-1].split()[-1]) < 1e-5  # NumPy against torch
     _png(tmp_path / "attention_7.png", 500, 500)
     _png(tmp_path / "positional.png", 300, 300)
 
 
 @pytest.mark.parametrize("args, expected", [
-    (["gradcam", "--layer", "transformer.layers.9"], "layer"),
+    (["gradcam", "--layer", "transformer.layers.9"], "grad_cam layer: expected None or one of embedding, "),
     (["gradcam", "--method", "magic"], "--method: expected one of gradcam"),
     (["attention", "--index", "100000", "--data", "synthetic"], "--index: expected 0 to 499, got 100000"),
     (["attention", "--index", "10"], "--index: expected 0 to 9, got 10"),  # the ten sample images

@@ -99,7 +99,8 @@ def test_trains_as_convvit_train(tmp_path):
     cfg, data = small(n_train=256, n_test=100, epochs=2)
     result = gt.train(cfg, data, torch.device("cpu"), log=lambda *a: None)
     _, history = train(cfg, data, str(tmp_path / "run"), device="cpu", progress=False, log=lambda *a: None)
-    for mine, theirs in zip(result["history"], history):
+    assert len(result["history"]) == len(history) == 2
+    for mine, theirs in zip(result["history"], history, strict=True):
         for key in ("train_loss", "test_loss"):
             assert mine[key] == pytest.approx(theirs[key], rel=1e-4), (mine["epoch"], key)
         assert mine["train_acc"] == theirs["train_acc"] and mine["test_acc"] == theirs["test_acc"]
@@ -119,14 +120,16 @@ def test_command_writes_its_results_and_guards_them(tmp_path, capsys):
     assert written["recipe"] == "default" and written["epochs"] == 1 and written["config"]["batch_size"] == 64
     assert written["machine"]["device"] == "cpu" and written["machine"]["torch"] == torch.__version__
     assert written["machine"]["gpu"] is None and written["goal"] is None and written["graph"] is False
-    assert written["data"] == dict(source="synthetic", train=2000, test=500, decode_s=written["data"]["decode_s"])
+    assert set(written["data"]) == {"source", "train", "test", "decode_s"} and written["data"]["decode_s"] >= 0
+    assert (written["data"]["source"], written["data"]["train"], written["data"]["test"]) == ("synthetic", 2000, 500)
     assert written["steps_per_epoch"] == 32 and len(written["history"]) == 1
     row = written["history"][0]
     assert 0 < row["train_loss"] < 5 and 0 <= row["train_acc"] <= 1 and 0 <= row["test_acc"] <= 1
     assert written["test_acc"] == round(100 * row["test_acc"], 2) and written["test_acc"] > 20  # learns something
     split = written["split"]
     assert set(split) == {"data_to_device_s", "setup_s", "warm_up_s", "capture_s", "train_s", "eval_s", "rest_s"}
-    assert sum(split.values()) == pytest.approx(written["wall_s"], abs=0.02)
+    # rest_s is the wall time less the parts timed: a part timed twice or outside the wall makes it negative
+    assert split["train_s"] > 0 and split["eval_s"] > 0 and 0 <= split["rest_s"] < 0.5 * written["wall_s"]
     capsys.readouterr()
     before = out.read_text()
     with pytest.raises(SystemExit) as info:
@@ -180,6 +183,6 @@ def test_cuda_augmentation_and_graph():
     graphed = gt.train(cfg, data, device, graph=True, log=lambda *a: None)
     eager = gt.train(cfg, data, device, graph=False, log=lambda *a: None)
     assert graphed["graph"] and not eager["graph"]
-    for a, b in zip(graphed["history"], eager["history"]):
+    for a, b in zip(graphed["history"], eager["history"], strict=True):
         assert a["train_loss"] == pytest.approx(b["train_loss"], rel=1e-3)
         assert abs(a["test_acc"] - b["test_acc"]) <= 0.02

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import QUIET, TINY, usage_error
+from conftest import QUIET, TINY, paired, usage_error
 
 from torch_vit import data as data_mod
 from torch_vit.model import ViT
@@ -193,7 +193,7 @@ def test_resume_with_muon_equals_a_straight_run(tmp_path, backend):
     train(cfg, data, str(tmp_path / "b"), stop_after=1, **QUIET)
     resumed, history = train(cfg, data, str(tmp_path / "b"), resume=True, **QUIET)
     assert [r["epoch"] for r in history] == [0, 1]
-    for (k, v), w in zip(straight.state_dict().items(), resumed.state_dict().values()):
+    for (k, v), w in paired(straight.state_dict(), resumed.state_dict()):
         assert torch.equal(v, w), k
     ckpt = torch.load(tmp_path / "b" / "checkpoint.pt", weights_only=True)
     assert set(ckpt["optimizer"]) == {"adamw", "muon"} and ckpt["train_config"]["optimizer"] == "muon"
@@ -249,10 +249,10 @@ def test_float64_numpy_muon_run_learns_what_torch_muon_learns(tmp_path, exact_to
                               **QUIET)
     (t_model, t_hist), (n_model, n_hist) = runs["torch"], runs["numpy"]
     assert n_hist[-1]["test_acc"] >= 0.5, n_hist  # chance is 0.1
-    for a, b in zip(n_hist, t_hist):
+    for a, b in zip(n_hist, t_hist, strict=True):
         assert f"{a['train_acc']:.4f} {a['test_acc']:.4f}" == f"{b['train_acc']:.4f} {b['test_acc']:.4f}"
         assert a["test_loss"] == pytest.approx(b["test_loss"], rel=1e-9)
-    for (name, a), b in zip(n_model.state_dict().items(), t_model.state_dict().values()):
+    for (name, a), b in paired(n_model.state_dict(), t_model.state_dict()):
         assert (a - b).abs().max() <= 1e-9 * b.abs().max(), name
 
 

@@ -64,11 +64,13 @@ def test_rendering_writes_the_figure_and_check_then_passes(tmp_path, capsys):
     root = tmp_path / "root"
     (root / "docs").mkdir(parents=True)
     shutil.copytree(ROOT / "benchmarks" / "results", root / "benchmarks" / "results")
+    figures = dict(plain=0.5, mirror=0.51234, mean_logits=0.6, mean_probabilities=0.70005, test_images=12345)
+    (root / "benchmarks" / "results" / "flip_tta.json").write_text(json.dumps({"runs/x/checkpoint.pt": figures}))
     (root / "README.md").write_text("# x\n\n<!-- render: flip-tta -->\nstale\n<!-- /render -->\n")
     assert render_docs.main(["--check", "--root", str(root)]) == 1
     assert render_docs.main(["--root", str(root)]) == 0
     text = (root / "README.md").read_text()
-    assert "| `runs/muon-s4/checkpoint.pt` | 72.83% | 73.18% | 73.00% | 72.98% | 10,000 |" in text
+    assert "| `runs/x/checkpoint.pt` | 50.00% | 51.23% | 60.00% | 70.00% | 12,345 |" in text
     assert "stale" not in text
     assert render_docs.main(["--check", "--root", str(root)]) == 0
 

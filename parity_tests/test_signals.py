@@ -13,7 +13,7 @@ import sys
 
 import pytest
 import torch
-from conftest import QUIET, TINY, convvit
+from conftest import QUIET, TINY, convvit, paired
 
 from torch_vit import data as data_mod
 from torch_vit import train as train_mod
@@ -159,7 +159,7 @@ def test_a_signal_in_epoch_0_of_an_overwrite_run_is_its_first_checkpoint(tmp_pat
         train(cfg, data_mod.make_synthetic(96, 32, size=(16, 16)), str(out), resume=True, **QUIET)
     resumed, history = train(cfg, DATA, str(out), resume=True, **QUIET)
     assert [r["epoch"] for r in history] == [0, 1]
-    for (k, v), w in zip(straight.state_dict().items(), resumed.state_dict().values()):
+    for (k, v), w in paired(straight.state_dict(), resumed.state_dict()):
         assert torch.equal(v, w), k
 
 

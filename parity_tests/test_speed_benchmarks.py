@@ -186,13 +186,16 @@ def test_bf16_norm_candidate_changes_only_the_sum_of_gradients():
     tt.with_bf16_norm(Run)
     out2, grads2 = outputs_and_grads(block, x, amp)
     assert torch.equal(out2, out)
-    assert not all(torch.equal(grads2[n], g) for n, g in grads.items())  # the sum's rounding shows somewhere
     for name, g in grads.items():
-        torch.testing.assert_close(grads2[name], g, rtol=3e-2, atol=3e-2 * float(g.abs().max()), msg=name)
+        if name.startswith("fn."):  # the convolutions' weights see the same bfloat16 input and gradients
+            assert torch.equal(grads2[name], g), name
+        else:  # the LayerNorm's, behind the sum: a few bfloat16 steps (2^-8 of the value) apart
+            assert not torch.equal(grads2[name], g), name
+            torch.testing.assert_close(grads2[name], g, rtol=2e-2, atol=5e-3 * float(g.abs().max()), msg=name)
 
 
 def test_profile_numpy_splits_the_whole_step():
-    """profile_numpy.py's own times of the model's parts add up to the step, every kind of part has its row, and
+    """profile_numpy.py's own times of the model's parts fit inside the step, every kind of part has its row, and
     the timers leave the model's results as they were."""
     pn = load("profile_numpy")
     result = pn.profile(batch=2, dtype="float32", steps=2)
@@ -201,9 +204,10 @@ def test_profile_numpy_splits_the_whole_step():
                           "attention's own work (products, mask, softmax)", "residual adds",
                           "positional embedding's add", "head's pooling, flatten and linear layer", "loss",
                           pn.REST}
-    assert sum(p["share"] for p in parts.values()) == pytest.approx(1.0, abs=2e-3)
     assert all(p["ms_per_step"] > 0 for p in parts.values() if p["part"] != pn.REST)
-    assert sum(p["ms_per_step"] for p in parts.values()) == pytest.approx(result["ms_per_step"], rel=0.01, abs=0.1)
+    # The rest is the step's wall time less every part's own time: a part's time counted twice (a child's
+    # left inside its parent's own time) or a part timed outside the step would make it negative.
+    assert 0 <= parts[pn.REST]["ms_per_step"] < result["ms_per_step"]
 
     import numpy as np
     from numpy_vit.model import ViT

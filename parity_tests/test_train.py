@@ -11,7 +11,7 @@ import time
 import numpy as np
 import pytest
 import torch
-from conftest import EMA_CLI_ARGS, QUIET, TINY, convvit, usage_error
+from conftest import EMA_CLI_ARGS, QUIET, TINY, convvit, paired, usage_error
 
 from torch_vit import data as data_mod
 from torch_vit.cli import load_for_inspection
@@ -36,7 +36,7 @@ def test_resume_equals_straight_run_in_process(tmp_path):
     assert len(open(tmp_path / "b" / "metrics.jsonl").readlines()) == 1
     resumed, history = train(cfg, data, str(tmp_path / "b"), resume=True, **QUIET)
     assert [r["epoch"] for r in history] == [0, 1, 2]
-    for (k, v), w in zip(straight.state_dict().items(), resumed.state_dict().values()):
+    for (k, v), w in paired(straight.state_dict(), resumed.state_dict()):
         assert torch.equal(v, w), k
 
 

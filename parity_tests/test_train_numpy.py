@@ -8,7 +8,7 @@ import json
 import numpy as np
 import pytest
 import torch
-from conftest import QUIET, TINY, convvit, usage_error
+from conftest import QUIET, TINY, convvit, paired, usage_error
 
 import numpy_vit
 from torch_vit import data as data_mod
@@ -38,11 +38,11 @@ def test_float64_numpy_run_learns_what_torch_learns(tmp_path):
     _, _, t_model, t_hist = _run(tmp_path, "torch", dtype="float64")
     _, _, n_model, n_hist = _run(tmp_path, "numpy", dtype="float64", backend="numpy")
     assert n_hist[-1]["test_acc"] >= 0.5, n_hist  # chance is 0.1
-    for a, b in zip(n_hist, t_hist):
+    for a, b in zip(n_hist, t_hist, strict=True):
         assert f"{a['train_acc']:.4f} {a['test_acc']:.4f}" == f"{b['train_acc']:.4f} {b['test_acc']:.4f}"
         assert a["train_loss"] == pytest.approx(b["train_loss"], rel=1e-9)
         assert a["test_loss"] == pytest.approx(b["test_loss"], rel=1e-9)
-    for (name, a), b in zip(n_model.state_dict().items(), t_model.state_dict().values()):
+    for (name, a), b in paired(n_model.state_dict(), t_model.state_dict()):
         assert a.dtype == b.dtype == torch.float64, name
         assert (a - b).abs().max() <= 1e-9 * b.abs().max(), name
 
@@ -102,7 +102,7 @@ def test_numpy_resume_equals_straight_run(tmp_path):
     train(cfg, data, str(tmp_path / "b"), stop_after=1, **QUIET)
     resumed, history = train(cfg, data, str(tmp_path / "b"), resume=True, **QUIET)
     assert [r["epoch"] for r in history] == [0, 1, 2]
-    for (k, v), w in zip(straight.state_dict().items(), resumed.state_dict().values()):
+    for (k, v), w in paired(straight.state_dict(), resumed.state_dict()):
         assert torch.equal(v, w), k
     with pytest.raises(ValueError, match="other settings: backend"):
         train(dataclasses.replace(cfg, backend="torch"), data, str(tmp_path / "b"), resume=True, **QUIET)
