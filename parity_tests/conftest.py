@@ -54,6 +54,21 @@ def convvit(*args):
     return Result(code, out.getvalue(), err.getvalue())
 
 
+def load_benchmark(name):
+    """benchmarks/NAME.py as a module (benchmarks/ is not a package; its scripts import one another by name)."""
+    import importlib.util
+
+    bench = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "benchmarks")
+    sys.path.insert(0, bench)
+    try:
+        spec = importlib.util.spec_from_file_location(f"bench_{name}", os.path.join(bench, f"{name}.py"))
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        return module
+    finally:
+        sys.path.remove(bench)
+
+
 def paired(a, b):
     """((name, a[name]), b[name]) for every name of two state dicts, which must hold the same names in the same
     order: a weight missing from one side fails here instead of going unchecked."""

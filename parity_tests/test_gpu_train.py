@@ -4,33 +4,18 @@ learning rate 1 scaled by the rate is TorchBackend's step at that rate, its warm
 trains as convvit train does, and the command writes its JSON and guards an existing one. The CUDA checks (the
 device's augmentation against the CPU's, the graph against eager steps) skip where there is no CUDA device."""
 
-import importlib.util
 import json
-import pathlib
-import sys
 
 import pytest
 import torch
+from conftest import load_benchmark
 
 from torch_vit.data import make_synthetic
 from torch_vit.train import TorchBackend, _epoch_generator, augmenter, make_config, train
 
-BENCH = pathlib.Path(__file__).resolve().parents[1] / "benchmarks"
 NO_CUDA = "no CUDA device on this machine: the graph and the device's augmentation run only on a GPU"
 
-
-def load_gpu_train():
-    sys.path.insert(0, str(BENCH))  # the benchmarks import one another by name
-    try:
-        spec = importlib.util.spec_from_file_location("bench_gpu_train", BENCH / "gpu_train.py")
-        module = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(module)
-        return module
-    finally:
-        sys.path.remove(str(BENCH))
-
-
-gt = load_gpu_train()
+gt = load_benchmark("gpu_train")
 
 
 def small(n_train=200, n_test=64, **overrides):

@@ -2,25 +2,18 @@
 docs match what the results render, a changed figure in any results file makes the check fail and name the table,
 and benchmarks/record_run.py keeps a run's record with the figures read from its files."""
 
-import importlib.util
 import json
 import pathlib
 import shutil
 
 import pytest
+from conftest import load_benchmark
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 
-def _load(name):
-    spec = importlib.util.spec_from_file_location(name, ROOT / "benchmarks" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-render_docs = _load("render_docs")
-record_run = _load("record_run")
+render_docs = load_benchmark("render_docs")
+record_run = load_benchmark("record_run")
 
 
 def test_committed_docs_match_the_committed_results(capsys):

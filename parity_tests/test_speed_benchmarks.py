@@ -4,30 +4,13 @@ state-dict keys, and on one state dict the same logits and gradients (float64), 
 compares two ways of computing one thing. And the ratio arithmetic of train_throughput.py (the median of
 per-round ratios), and run_overhead.py's split of a run's wall time."""
 
-import importlib.util
-import pathlib
-import sys
-
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import load_benchmark
 
 from numpy_vit import seed_config
 from torch_vit.model import ViT
-
-BENCH = pathlib.Path(__file__).resolve().parents[1] / "benchmarks"
-
-
-def load(name):
-    sys.path.insert(0, str(BENCH))  # the benchmarks import one another by name
-    try:
-        spec = importlib.util.spec_from_file_location(f"bench_{name}", BENCH / f"{name}.py")
-        module = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(module)
-        return module
-    finally:
-        sys.path.remove(str(BENCH))
-
 
 SEED = seed_config()
 
@@ -35,7 +18,7 @@ SEED = seed_config()
 @pytest.mark.parity
 @pytest.mark.parametrize("channels_last", [False, True])
 def test_seed_model_is_torch_vit(channels_last):
-    seed_model = load("seed_model")
+    seed_model = load_benchmark("seed_model")
     torch.manual_seed(0)
     ref = seed_model.seed_vit().double()
     ours = ViT(**SEED).double()
@@ -58,7 +41,7 @@ def test_seed_model_is_torch_vit(channels_last):
 
 
 def test_ratios_are_medians_of_per_round_ratios():
-    tt = load("train_throughput")
+    tt = load_benchmark("train_throughput")
     times = {"seed_step": [1.0, 2.0, 1.0, 4.0, 1.0], "step": [0.5, 0.5, 0.25, 1.0, 1.0]}
     # per round: 2, 4, 4, 4, 1 -> median 4; the ratio of median times would be 1 / 0.5 = 2
     out = tt.summarise(times, "seed_step", images=64)
@@ -71,7 +54,7 @@ def test_ratios_are_medians_of_per_round_ratios():
 
 
 def test_rounds_rotate_the_order():
-    tt = load("train_throughput")
+    tt = load_benchmark("train_throughput")
     calls = []
     contenders = {name: (lambda n=name: calls.append(n)) for name in "abc"}
     times = tt.measure(contenders, rounds=3, sync=lambda: None, warmup=0)
@@ -80,7 +63,7 @@ def test_rounds_rotate_the_order():
 
 
 def test_run_overhead_splits_the_wall_time():
-    ro = load("run_overhead")
+    ro = load_benchmark("run_overhead")
     metrics = [dict(train_s=90.0, time=100.0), dict(train_s=80.0, time=85.0)]
     out = ro.split(200.0, metrics, dict(numpy_check_seconds=5.0))
     assert out["train_loop_s"] == 170.0 and out["evaluation_s"] == 15.0 and out["numpy_check_s"] == 5.0
@@ -92,7 +75,7 @@ def test_run_overhead_splits_the_wall_time():
 
 
 def test_run_overhead_refuses_before_running(tmp_path, capsys):
-    ro = load("run_overhead")
+    ro = load_benchmark("run_overhead")
     held = tmp_path / "run_overhead.json"
     held.write_text('{"earlier": 1}')
     for argv, says in ((["--out", str(held), "--", "convvit", "train", "--out", str(tmp_path / "run")],
@@ -109,7 +92,7 @@ def test_run_overhead_refuses_before_running(tmp_path, capsys):
 def test_kqv_candidate_is_the_same_attention():
     """train_throughput's candidate of k, q and v as one convolution computes what MhSelfAttention does, and
     the same gradients for its parameters."""
-    tt = load("train_throughput")
+    tt = load_benchmark("train_throughput")
     from torch_vit.model import MhSelfAttention
 
     torch.manual_seed(0)
@@ -150,7 +133,7 @@ def test_split_heads_linear_and_q_grad_candidates_are_the_same_block(change):
     """The candidates of the heads' products one head at a time, of 1x1 convolutions as F.linear and of q's
     gradient turned channels-last compute what the block computes, and the same gradients for its parameters
     (float64)."""
-    tt = load("train_throughput")
+    tt = load_benchmark("train_throughput")
     block, x = attention_block()
     out, grads = outputs_and_grads(block, x)
 
@@ -175,7 +158,7 @@ def test_bf16_norm_candidate_changes_only_the_sum_of_gradients():
     """The candidate that casts an attention block's normalized input to bfloat16 once: under autocast, the same
     forward to the bit (autocast casts it for each convolution to the same values), and gradients that differ
     only by the bfloat16 rounding of adding up three."""
-    tt = load("train_throughput")
+    tt = load_benchmark("train_throughput")
     block, x = attention_block()
     block, x = block.float(), x.float()
     amp = torch.autocast("cpu", dtype=torch.bfloat16)
@@ -197,7 +180,7 @@ def test_bf16_norm_candidate_changes_only_the_sum_of_gradients():
 def test_profile_numpy_splits_the_whole_step():
     """profile_numpy.py's own times of the model's parts fit inside the step, every kind of part has its row, and
     the timers leave the model's results as they were."""
-    pn = load("profile_numpy")
+    pn = load_benchmark("profile_numpy")
     result = pn.profile(batch=2, dtype="float32", steps=2)
     parts = {p["part"]: p for p in result["parts"]}
     assert set(parts) == {"1x1 convolutions", "patch convolution", "LayerNorm", "GELU",
