@@ -143,7 +143,7 @@ class Sequential(Module):
 
 
 class ModuleList(Sequential):
-    """Children named 0, 1, ..., given as one iterable as to torch's nn.ModuleList; the owner calls them
+    """Children named 0, 1, ..., given as one iterable, as to torch's nn.ModuleList; the owner calls them
     (no forward or backward of its own)."""
 
     def __init__(self, modules=()):
