@@ -3,6 +3,7 @@ without --overwrite, and an --overwrite run leaves the old one intact until its 
 of evaluate, gradcam, attention and the benchmarks does not replace earlier results unless told to."""
 
 import json
+import math
 import os
 
 import pytest
@@ -141,6 +142,52 @@ def test_a_stop_keeps_the_last_good_checkpoint_and_resume_says_why(tmp_path, mon
                        **dict(QUIET, log=said.append))
     assert "resuming with changed --lr 0.01 -> 0.005" in said[1]
     assert [r["epoch"] for r in history] == [0, 1] and not (out / "stopped.json").exists()
+
+
+@pytest.mark.parametrize("backend", ["torch", "numpy"])
+def test_a_non_finite_update_in_an_epochs_last_step_stops_before_its_checkpoint(tmp_path, monkeypatch, recwarn,
+                                                                                 backend):
+    """One step per epoch, epoch 1's at a learning rate of 1e30: that step's own loss and gradient are finite, its
+    update is not, and no later step of the epoch would show it. The test loss does: the run stops there, and
+    checkpoint.pt and metrics.jsonl keep epoch 0 (a NaN test loss is not valid JSON); a lower --lr resumes."""
+    from torch_vit.checkpoint import load_checkpoint
+
+    real_lr_at = train_mod.TrainConfig.lr_at
+    monkeypatch.setattr(train_mod.TrainConfig, "lr_at", lambda self, t, lr=None: 1e30 if t > 1 else real_lr_at(self, t, lr))
+    cfg = make_config("seed", **{**TINY, "epochs": 2, "batch_size": 128, "backend": backend})
+    data = data_mod.make_synthetic(128, 32, size=(16, 16))
+    out = tmp_path / "run"
+    with pytest.raises(train_mod.NonFiniteLoss, match=r"^stopped at epoch 1, step 0 of 1: test loss (nan|inf) after "
+                                                      r"its update \(gradient norm [\d.e+-]+\), not finite; .*"
+                                                      r"checkpoint.pt keeps epoch 0$") as info:
+        train(cfg, data, str(out), **QUIET)
+    assert len(str(info.value)) <= 200 - len("convvit: error: ")
+    assert not [w for w in recwarn if issubclass(w.category, RuntimeWarning)]  # the line is all the CLI prints
+    _, ckpt = load_checkpoint(str(out / "checkpoint.pt"))  # finite weights, or it raises
+    assert ckpt["epoch"] == 0 and [json.loads(l)["epoch"] for l in (out / "metrics.jsonl").read_text().splitlines()] == [0]
+    assert json.loads((out / "stopped.json").read_text())["epoch"] == 1
+
+    monkeypatch.setattr(train_mod.TrainConfig, "lr_at", real_lr_at)
+    _, history = train(train_mod.dataclasses.replace(cfg, lr=0.005), data, str(out), resume=True, **QUIET)
+    assert [r["epoch"] for r in history] == [0, 1] and all(math.isfinite(r["test_loss"]) for r in history)
+
+
+def test_a_first_checkpoint_that_cannot_be_written_leaves_the_old_run(old_run, tmp_path, monkeypatch):
+    """--overwrite, and the new run's first checkpoint fails to write (a full disk here): every old file as it was,
+    nothing moved aside, nothing of the new run left."""
+    import shutil
+
+    out = tmp_path / "run"
+    shutil.copytree(old_run, out)
+    before = _snapshot(out)
+
+    def full_disk(*args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(train_mod, "save_checkpoint", full_disk)
+    with pytest.raises(OSError, match="No space left"):
+        _tiny_run(out, seed=7, overwrite=True)
+    assert _snapshot(out) == before
 
 
 def test_an_overwrite_run_that_stops_in_epoch_0_leaves_the_old_run_and_no_record(old_run, tmp_path):

@@ -421,7 +421,8 @@ class NumpyBackend:
         model = self.ema_model if ema else self.model
         for i in range(0, len(data.test_x), cfg.test_batch_size):
             xb = normalize(data.test_x[i:i + cfg.test_batch_size], cfg.mean, cfg.std).numpy()
-            out.append(torch.from_numpy(model.forward(xb.astype(self.np_dtype))))
+            with np.errstate(over="ignore", invalid="ignore"):  # diverged weights: the loop's check says so in one line
+                out.append(torch.from_numpy(model.forward(xb.astype(self.np_dtype))))
         return torch.cat(out)
 
     def torch_model(self, ema=False):
@@ -538,9 +539,9 @@ def train(cfg, data, out, resume=False, device=None, progress=True, log=print, s
     after that many epochs of this call (a test's stand-in for a kill).
 
     A folder holding a run needs ``resume`` or ``overwrite`` (``check_out``). A new run leaves whatever
-    is in ``out`` as it was until its first checkpoint: only then are the old run's files moved into
-    out/.old-<time>-<pid>/, the new config.json, checkpoint.pt and metrics.jsonl written, and that folder
-    removed; a run that dies before its first checkpoint leaves the old one intact.
+    is in ``out`` as it was until its first checkpoint: that is written as checkpoint.pt.new, then the old run's
+    files are moved into out/.old-<time>-<pid>/, the new checkpoint.pt, config.json and metrics.jsonl put in place,
+    and that folder removed; a run that dies before its first checkpoint is written leaves the old one intact.
 
     SIGINT or SIGTERM (handled only while this runs): the current step finishes, checkpoint.pt gets the run as it
     is (weights, optimiser and moving-average state, the epoch, the step, the epoch generator's state and the
@@ -582,14 +583,18 @@ def _train(cfg, data, out, resume, device, progress, log, stop_after, caught):
         extra = dict(train_model=run.torch_model().state_dict()) if cfg.ema else {}
         if mid_epoch is not None:
             extra["mid_epoch"] = mid_epoch
+        # a new run's first checkpoint is written under another name before the old run moves aside: if writing it
+        # fails (a full disk, a kill), the old run stays as it was
+        target = ckpt_path + ".new" if fresh else ckpt_path
+        save_checkpoint(run.torch_model(ema=bool(cfg.ema)), target, optimizer=run.optimizer_state(), epoch=epoch,
+                        history=history, train_config=dataclasses.asdict(cfg), classes=data.classes,
+                        norm=(cfg.mean, cfg.std), **extra)
         aside = None
         if fresh:
             aside = _move_aside(out)
+            os.replace(target, ckpt_path)
             _write_atomic(os.path.join(out, "config.json"), config_text)
             fresh = False
-        save_checkpoint(run.torch_model(ema=bool(cfg.ema)), ckpt_path, optimizer=run.optimizer_state(), epoch=epoch,
-                        history=history, train_config=dataclasses.asdict(cfg), classes=data.classes,
-                        norm=(cfg.mean, cfg.std), **extra)
         _write_atomic(os.path.join(out, "metrics.jsonl"), "".join(json.dumps(r) + "\n" for r in history))
         if aside:
             shutil.rmtree(aside)
@@ -663,6 +668,9 @@ def _train(cfg, data, out, resume, device, progress, log, stop_after, caught):
         bar.close()
         train_time = time.perf_counter() - started
         test = evaluate_logits(run.test_logits(data), data.test_y)
+        if not math.isfinite(test["test_loss"]):  # the epoch's last update, which no later step's loss has checked
+            _stop(cfg, out, epoch, steps - 1, steps, (test["test_loss"], run.grad_norm.item()), kept,
+                  record=not fresh, after=True)
         if cfg.ema:
             ema = evaluate_logits(run.test_logits(data, ema=True), data.test_y)
             test.update(ema_test_loss=ema["test_loss"], ema_test_acc=ema["test_acc"])
@@ -727,14 +735,18 @@ def _wait_for_a_signal(caught, epoch, step):
         time.sleep(0.005)
 
 
-def _stop(cfg, out, epoch, step, steps, values, kept, record):
+def _stop(cfg, out, epoch, step, steps, values, kept, record, after=False):
     """Raise NonFiniteLoss for the first non-finite step (epoch, step), naming the likely cause and what
-    checkpoint.pt keeps of this run (``kept``; None: nothing). The stop is recorded in out/stopped.json, for
+    checkpoint.pt keeps of this run (``kept``; None: nothing). ``after``: the step's own loss and gradient were
+    finite, its update was not (the epoch's last step: the test loss shows it; values are that loss and the step's
+    gradient norm). The stop is recorded in out/stopped.json, for
     --resume to say, when ``record`` (checkpoint.pt is this run's) or when ``out`` holds no other run's files: a
     new run that stops before its first checkpoint leaves an old run in ``out`` as it was, and writes no record
     that --resume of that old run would take for its own."""
     loss, norm = (str(v) for v in values)
-    reason = (f"stopped at epoch {epoch}, step {step} of {steps}: loss {loss}, gradient norm {norm}, not finite; "
+    what = (f"test loss {loss} after its update (gradient norm {float(norm):.3g})" if after
+            else f"loss {loss}, gradient norm {norm}")
+    reason = (f"stopped at epoch {epoch}, step {step} of {steps}: {what}, not finite; "
               f"likely cause: the learning rate (--lr {cfg.lr:g}), lower it; "
               f"{kept or 'no checkpoint of this run was written'}")
     if record or not files_in(out, [f for f in RUN_FILES if f != STOPPED]):
