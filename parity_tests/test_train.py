@@ -13,6 +13,7 @@ import pytest
 import torch
 from conftest import EMA_CLI_ARGS, QUIET, TINY, convvit, paired, usage_error
 
+import torch_vit
 from torch_vit import data as data_mod
 from torch_vit.cli import load_for_inspection
 from torch_vit.train import make_config, predict, train
@@ -163,6 +164,29 @@ def test_imagefolder_loader_reads_a_small_folder(tmp_path):
     assert len(os.listdir(tmp_path / "cache")) == 1
     again = data_mod.load(f"imagefolder:{tmp_path / 'ds'}", (32, 32), cache_dir=str(tmp_path / "cache"), progress=False)
     assert torch.equal(again.train_x, d.train_x)
+
+
+def test_a_folder_of_three_classes_trains_a_head_of_three(tmp_path):
+    """convvit train sizes the head to the data's classes (10 was fixed: a 3-class folder trained a 10-way head
+    and failed in the report, a 12-class one in its first step); train() itself refuses a mismatch in one line."""
+    from PIL import Image
+
+    for split, n in (("train", 8), ("test", 4)):
+        for k, c in enumerate(("a", "b", "c")):
+            (tmp_path / "ds" / split / c).mkdir(parents=True)
+            for i in range(n):
+                Image.new("RGB", (32, 32), (80 * k, 40 * i, 255 - 80 * k)).save(tmp_path / "ds" / split / c / f"{i}.png")
+    out = tmp_path / "run"
+    r = convvit("train", "--data", f"imagefolder:{tmp_path / 'ds'}", "--cache-dir", tmp_path / "cache", "--epochs", "1",
+                "--no-progress", "--out", out)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert json.loads((out / "config.json").read_text())["num_classes"] == 3
+    model, _ = torch_vit.load_checkpoint(str(out / "checkpoint.pt"))
+    assert model.mlp_head[3].out_features == 3 and (out / "report.json").exists()
+    with pytest.raises(ValueError, match=r"^data: expected 10 classes \(the model's num_classes\), got 3 "):
+        train(make_config("default", **TINY), data_mod.load(f"imagefolder:{tmp_path / 'ds'}", (16, 16),
+                                                            cache_dir=str(tmp_path / "cache"), progress=False),
+              str(tmp_path / "api"), **QUIET)
 
 
 @pytest.mark.parametrize("args, expected", [

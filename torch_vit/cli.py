@@ -3,6 +3,7 @@ a checkpoint), tensor by tensor, in float64 and float32, plus finite-difference 
 status 0 only if every check passes, 1 if one fails, 2 for bad input."""
 
 import argparse
+import dataclasses
 import math
 import os
 import shlex
@@ -260,6 +261,7 @@ def train_command(args):
         data = data_mod.load(args.data, cfg.image_size, args.data_dir, args.cache_dir, not args.no_progress)
     except ValueError as e:
         raise UsageError(str(e)) from None
+    cfg = dataclasses.replace(cfg, num_classes=len(data.classes))  # the head has one output per class of the data
     if args.resume and not os.path.exists(os.path.join(args.out, "checkpoint.pt")):
         stopped = os.path.join(args.out, "stopped.json")
         why = (f" (the run stopped before its first checkpoint, {stopped} says why: start it again without --resume)"

@@ -559,6 +559,9 @@ def _train(cfg, data, out, resume, device, progress, log, stop_after, caught):
     device = torch.device(device or ("cuda" if torch.cuda.is_available() and cfg.backend == "torch" else "cpu"))
     if cfg.amp and cfg.dtype != "float32":
         raise ValueError(f"--amp: bfloat16 autocast needs --dtype float32, got {cfg.dtype}")
+    if len(data.classes) != cfg.num_classes:
+        raise ValueError(f"data: expected {cfg.num_classes} classes (the model's num_classes), "
+                         f"got {len(data.classes)} ({data.source})")
     run = (NumpyBackend if cfg.backend == "numpy" else TorchBackend)(cfg, device)
     os.makedirs(out, exist_ok=True)
     ckpt_path = os.path.join(out, "checkpoint.pt")
