@@ -207,6 +207,58 @@ def test_train_bad_input_is_one_line(args, expected):
     assert expected in usage_error("train", "--no-progress", *args)
 
 
+@pytest.mark.parametrize("args, expected", [
+    (["--crop-scale=-1,0.5"], "--crop-scale: expected LO,HI with 0 < LO <= HI <= 1 (shares of the image's area), "
+                              "got -1,0.5"),
+    (["--crop-scale", "0.5,2"], "--crop-scale: expected LO,HI with 0 < LO <= HI <= 1"),
+    (["--crop-scale", "0.9,0.5"], "--crop-scale: expected LO,HI with 0 < LO <= HI <= 1"),
+    (["--pad-crop", "32"], "--pad-crop: expected 0 to 31 pixels (less than the image), got 32"),
+    (["--randaugment", "1,31"], "--randaugment: expected OPS,MAGNITUDE with OPS >= 0 and MAGNITUDE 0 to 30, got 1,31"),
+    (["--color-jitter=-0.1,0,0"], "--color-jitter: expected B,C,S each >= 0, got -0.1,0,0"),
+    (["--seed", "20000000000000"], "--seed: expected an integer from 0 to 2**32 - 1, got 20000000000000"),
+    (["--lr", "1e39"], "--lr: expected a learning rate from 0 to 3.4e38 (float32's largest), got 1e+39"),
+    (["--device", "gpu"], "argument --device: expected cpu, cuda or cuda:N, got 'gpu'"),
+])
+def test_train_settings_out_of_range_are_one_line_before_any_folder_is_made(tmp_path, args, expected):
+    """Each was accepted (and trained on black or off-frame images), or failed later with a traceback or a line
+    that did not name its flag, after making the --out folder."""
+    line = usage_error("train", "--data", "synthetic", "--no-progress", "--out", tmp_path / "run", *args)
+    assert expected in line, line
+    assert not (tmp_path / "run").exists()
+
+
+def test_out_that_is_a_file_is_one_line(tmp_path):
+    (tmp_path / "run").write_text("not a folder")
+    line = usage_error("train", "--data", "synthetic", "--no-progress", "--out", tmp_path / "run")
+    assert line == f"convvit: error: --out {tmp_path / 'run'}: expected a folder (new or holding a run), got a file"
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the line on a machine without CUDA")
+def test_device_cuda_without_cuda_is_one_line(tmp_path):
+    line = usage_error("train", "--data", "synthetic", "--no-progress", "--device", "cuda", "--out", tmp_path / "run")
+    assert line == "convvit: error: --device cuda: expected a CUDA device, this machine has none"
+    assert not (tmp_path / "run").exists()
+
+
+def test_the_inspection_commands_take_no_device():
+    """They run on the CPU; --device was accepted and ignored."""
+    assert "unrecognized arguments: --device cpu" in usage_error("evaluate", "--device", "cpu")
+
+
+def test_a_cache_folder_that_cannot_be_written_is_a_warning(tmp_path, capsys):
+    from PIL import Image
+
+    for split in ("train", "test"):
+        for c in ("a", "b"):
+            (tmp_path / "ds" / split / c).mkdir(parents=True)
+            Image.new("RGB", (8, 8), (200, 0, 0)).save(tmp_path / "ds" / split / c / "0.png")
+    (tmp_path / "file").write_text("a file where the cache folder would be")
+    d = data_mod.load(f"imagefolder:{tmp_path / 'ds'}", (8, 8), cache_dir=str(tmp_path / "file"), progress=False)
+    assert d.train_x.shape == (2, 3, 8, 8)
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith(f"warning: --cache-dir {tmp_path / 'file'}: expected a folder"), err
+
+
 def test_cifar10_missing_and_no_download_names_the_folder(tmp_path, monkeypatch):
     import torchvision
 

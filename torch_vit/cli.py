@@ -230,13 +230,25 @@ def _kinds(text):
     return () if text.lower() in ("none", "off", "") else tuple(k.strip() for k in text.split(","))
 
 
-def _data_args(p, default="synthetic", default_text=None):
+def _device(text):
+    """--device: a device torch names, of a type that training runs on."""
+    try:
+        kind = torch.device(text).type
+    except RuntimeError:
+        kind = None
+    if kind not in ("cpu", "cuda"):
+        raise argparse.ArgumentTypeError(f"expected cpu, cuda or cuda:N, got {text!r}")
+    return text
+
+
+def _data_args(p, default="synthetic", default_text=None, device=False):
     p.add_argument("--data", default=default, metavar="SOURCE",
                    help="cifar10 | imagefolder:PATH | synthetic (default: " + (default_text or default) + ")")
     p.add_argument("--data-dir", default="data",
                    help="where --data cifar10 looks for or downloads CIFAR-10 (default ./data)")
     p.add_argument("--cache-dir", default=None, help="cache of decoded image folders (default ~/.cache/convvit)")
-    p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when present)")
+    if device:  # the inspection commands run on the CPU
+        p.add_argument("--device", type=_device, default=None, help="cpu or cuda (default: cuda when present)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
 
 
@@ -448,7 +460,7 @@ def build_parser():
                        help="train torch_vit (the seed architecture) on CIFAR-10, an image folder or synthetic data",
                        description="Trains with a recipe (--recipe seed: the seed's run, setting for setting; "
                                    "default: the best found for 24 epochs); every setting can be overridden.")
-    _data_args(t)
+    _data_args(t, device=True)
     t.add_argument("--recipe", default="default", help="seed | default")
     t.add_argument("--out", default="runs/latest", help="output folder (default runs/latest)")
     t.add_argument("--resume", action="store_true", help="continue the run in --out from its checkpoint")

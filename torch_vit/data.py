@@ -8,6 +8,7 @@ split, from torchvision's CIFAR-10, from an image folder (decoded once, then cac
 
 import hashlib
 import os
+import sys
 from dataclasses import dataclass
 
 import numpy as np
@@ -111,8 +112,12 @@ def load_imagefolder(root, size=(32, 32), cache_dir=None, progress=True):
             pass  # a broken cache is rebuilt below
     tx, ty = _decode(train_files, size, progress, "decoding train")
     vx, vy = _decode(test_files, size, progress, "decoding test")
-    os.makedirs(cache_dir, exist_ok=True)
-    atomic_write(cache, lambda f: torch.save(dict(train_x=tx, train_y=ty, test_x=vx, test_y=vy), f))
+    try:
+        os.makedirs(cache_dir, exist_ok=True)
+        atomic_write(cache, lambda f: torch.save(dict(train_x=tx, train_y=ty, test_x=vx, test_y=vy), f))
+    except OSError as e:  # the images are decoded: a cache that cannot be written costs the next run the decoding only
+        print(f"warning: --cache-dir {cache_dir}: expected a folder to write the decoded images to, got "
+              f"{e.strerror or type(e).__name__}; not cached", file=sys.stderr)
     return Data(tx, ty, vx, vy, classes, f"imagefolder:{root}")
 
 

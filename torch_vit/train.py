@@ -148,6 +148,8 @@ def make_config(recipe="default", **overrides):
     _check_number(overrides, "muon_lr", "a finite learning rate >= 0", lambda v: 0 <= v < math.inf, optional=True)
     _check_number(overrides, "muon_momentum", "a momentum in [0, 1)", lambda v: 0 <= v < 1)
     _check_number(overrides, "ema", "a decay in [0, 1)", lambda v: 0 <= v < 1)
+    _check_number(overrides, "lr", "a learning rate from 0 to 3.4e38 (float32's largest)", lambda v: 0 <= v <= 3.4e38)
+    _check_number(overrides, "seed", "an integer from 0 to 2**32 - 1", lambda v: v == int(v) and 0 <= v < 2**32)
     unknown = set(overrides) - {f.name for f in dataclasses.fields(TrainConfig)}
     if unknown:
         raise ValueError(f"unknown settings: {', '.join(sorted(unknown))}")
@@ -156,7 +158,24 @@ def make_config(recipe="default", **overrides):
     cfg = TrainConfig(**settings)
     if isinstance(cfg.image_size, int):
         cfg.image_size = (cfg.image_size, cfg.image_size)
+    _check_augmentation(cfg)
     return cfg
+
+
+def _check_augmentation(cfg):
+    """The augmentation settings, each checked against its flag's range (a one-line error naming the flag), before
+    any data is read or any folder made."""
+    if cfg.crop_scale is not None and not 0 < cfg.crop_scale[0] <= cfg.crop_scale[1] <= 1:
+        raise ValueError(f"--crop-scale: expected LO,HI with 0 < LO <= HI <= 1 (shares of the image's area), "
+                         f"got {','.join(f'{v:g}' for v in cfg.crop_scale)}")
+    if not 0 <= cfg.pad_crop < min(cfg.image_size):
+        raise ValueError(f"--pad-crop: expected 0 to {min(cfg.image_size) - 1} pixels (less than the image), "
+                         f"got {cfg.pad_crop}")
+    if cfg.randaugment is not None and not (cfg.randaugment[0] >= 0 and 0 <= cfg.randaugment[1] <= 30):
+        raise ValueError(f"--randaugment: expected OPS,MAGNITUDE with OPS >= 0 and MAGNITUDE 0 to 30, "
+                         f"got {','.join(str(v) for v in cfg.randaugment)}")
+    if cfg.color_jitter is not None and min(cfg.color_jitter) < 0:
+        raise ValueError(f"--color-jitter: expected B,C,S each >= 0, got {','.join(f'{v:g}' for v in cfg.color_jitter)}")
 
 
 def _check_number(overrides, key, what, ok, optional=False):
@@ -484,6 +503,8 @@ def check_out(out, resume=False, overwrite=False):
     metrics.jsonl) needs ``resume`` (continue it) or ``overwrite`` (replace it), never both."""
     if resume and overwrite:
         raise ValueError("--resume and --overwrite: expected one of them (continue the run or replace it), got both")
+    if os.path.exists(out) and not os.path.isdir(out):
+        raise ValueError(f"--out {out}: expected a folder (new or holding a run), got a file")
     held = files_in(out, ("checkpoint.pt", "metrics.jsonl"))
     if held and not resume and not overwrite:
         raise ValueError(f"--out {out}: expected a folder without a run, it holds one ({', '.join(held)}); "
@@ -557,6 +578,8 @@ def _train(cfg, data, out, resume, device, progress, log, stop_after, caught):
     from tqdm import tqdm
 
     device = torch.device(device or ("cuda" if torch.cuda.is_available() and cfg.backend == "torch" else "cpu"))
+    if device.type == "cuda" and cfg.backend == "torch" and not torch.cuda.is_available():
+        raise ValueError(f"--device {device}: expected a CUDA device, this machine has none")
     if cfg.amp and cfg.dtype != "float32":
         raise ValueError(f"--amp: bfloat16 autocast needs --dtype float32, got {cfg.dtype}")
     if len(data.classes) != cfg.num_classes:
