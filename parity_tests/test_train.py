@@ -166,16 +166,22 @@ def test_imagefolder_loader_reads_a_small_folder(tmp_path):
     assert torch.equal(again.train_x, d.train_x)
 
 
+def _image_folder(root, classes, n_train, n_test):
+    """root/{train,test}/<class>/<i>.png: 32x32 images of one colour per class and index."""
+    from PIL import Image
+
+    for split, n in (("train", n_train), ("test", n_test)):
+        for k, c in enumerate(classes):
+            (root / split / c).mkdir(parents=True)
+            for i in range(n):
+                Image.new("RGB", (32, 32), (80 * k % 256, 40 * i % 256, 255 - 80 * k % 256)).save(root / split / c / f"{i}.png")
+    return root
+
+
 def test_a_folder_of_three_classes_trains_a_head_of_three(tmp_path):
     """convvit train sizes the head to the data's classes (10 was fixed: a 3-class folder trained a 10-way head
     and failed in the report, a 12-class one in its first step); train() itself refuses a mismatch in one line."""
-    from PIL import Image
-
-    for split, n in (("train", 8), ("test", 4)):
-        for k, c in enumerate(("a", "b", "c")):
-            (tmp_path / "ds" / split / c).mkdir(parents=True)
-            for i in range(n):
-                Image.new("RGB", (32, 32), (80 * k, 40 * i, 255 - 80 * k)).save(tmp_path / "ds" / split / c / f"{i}.png")
+    _image_folder(tmp_path / "ds", ("a", "b", "c"), 8, 4)
     out = tmp_path / "run"
     r = convvit("train", "--data", f"imagefolder:{tmp_path / 'ds'}", "--cache-dir", tmp_path / "cache", "--epochs", "1",
                 "--no-progress", "--out", out)
@@ -216,7 +222,7 @@ def test_train_bad_input_is_one_line(args, expected):
     (["--randaugment", "1,31"], "--randaugment: expected OPS,MAGNITUDE with OPS >= 0 and MAGNITUDE 0 to 30, got 1,31"),
     (["--color-jitter=-0.1,0,0"], "--color-jitter: expected B,C,S each >= 0, got -0.1,0,0"),
     (["--seed", "20000000000000"], "--seed: expected an integer from 0 to 2**32 - 1, got 20000000000000"),
-    (["--lr", "1e39"], "--lr: expected a learning rate from 0 to 3.4e38 (float32's largest), got 1e+39"),
+    (["--lr", "1e39"], "--lr: expected a learning rate from 0 to 3.4e+38 (float32's largest), got 1e+39"),
     (["--device", "gpu"], "argument --device: expected cpu, cuda or cuda:N, got 'gpu'"),
 ])
 def test_train_settings_out_of_range_are_one_line_before_any_folder_is_made(tmp_path, args, expected):
@@ -246,12 +252,7 @@ def test_the_inspection_commands_take_no_device():
 
 
 def test_a_cache_folder_that_cannot_be_written_is_a_warning(tmp_path, capsys):
-    from PIL import Image
-
-    for split in ("train", "test"):
-        for c in ("a", "b"):
-            (tmp_path / "ds" / split / c).mkdir(parents=True)
-            Image.new("RGB", (8, 8), (200, 0, 0)).save(tmp_path / "ds" / split / c / "0.png")
+    _image_folder(tmp_path / "ds", ("a", "b"), 1, 1)
     (tmp_path / "file").write_text("a file where the cache folder would be")
     d = data_mod.load(f"imagefolder:{tmp_path / 'ds'}", (8, 8), cache_dir=str(tmp_path / "file"), progress=False)
     assert d.train_x.shape == (2, 3, 8, 8)

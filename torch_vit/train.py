@@ -127,6 +127,9 @@ NO_DECAY_KINDS = ("norm", "bias", "pos")
 DTYPES = {"float32": (torch.float32, np.float32), "float64": (torch.float64, np.float64)}
 
 
+FLOAT32_MAX = float(torch.finfo(torch.float32).max)  # a larger --lr overflows the float32 optimiser state
+
+
 def make_config(recipe="default", **overrides):
     if recipe not in RECIPES:
         raise ValueError(f"--recipe: expected one of {', '.join(RECIPES)}, got {recipe!r}")
@@ -148,8 +151,10 @@ def make_config(recipe="default", **overrides):
     _check_number(overrides, "muon_lr", "a finite learning rate >= 0", lambda v: 0 <= v < math.inf, optional=True)
     _check_number(overrides, "muon_momentum", "a momentum in [0, 1)", lambda v: 0 <= v < 1)
     _check_number(overrides, "ema", "a decay in [0, 1)", lambda v: 0 <= v < 1)
-    _check_number(overrides, "lr", "a learning rate from 0 to 3.4e38 (float32's largest)", lambda v: 0 <= v <= 3.4e38)
-    _check_number(overrides, "seed", "an integer from 0 to 2**32 - 1", lambda v: v == int(v) and 0 <= v < 2**32)
+    _check_number(overrides, "lr", f"a learning rate from 0 to {FLOAT32_MAX:.2g} (float32's largest)",
+                  lambda v: 0 <= v <= FLOAT32_MAX)
+    _check_number(overrides, "seed", "an integer from 0 to 2**32 - 1",
+                  lambda v: float(v).is_integer() and 0 <= v < 2**32)
     unknown = set(overrides) - {f.name for f in dataclasses.fields(TrainConfig)}
     if unknown:
         raise ValueError(f"unknown settings: {', '.join(sorted(unknown))}")
